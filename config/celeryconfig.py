@@ -1,0 +1,45 @@
+"""Celery configuration built from :class:`config.settings.Settings`.
+
+The broker is chosen in :func:`broker_options` and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import Settings
+from config.urls import sqlalchemy_url
+
+
+def broker_options(database_url: str, settings: Settings) -> dict[str, Any]:
+    """The broker: kombu's SQLAlchemy transport on the same database."""
+    return {"broker_url": "sqla+" + sqlalchemy_url(database_url)}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting pgjobs relies on, in one dict."""
+    database_url = settings.require_database_url()
+    return {
+        **broker_options(database_url, settings),
+        "broker_connection_retry_on_startup": True,
+        # JSON only: pickle would let anyone who can write a message run code in a worker.
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        # A task is acknowledged after it ran, and a worker that dies mid-task gives it back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "result_backend": "db+" + sqlalchemy_url(database_url),
+        "result_extended": True,
+        "database_create_tables_at_setup": False,  # Alembic owns the schema.
+        "database_engine_options": {"pool_pre_ping": True},
+        # Results are deleted by tasks.delete_old_data, not by celery.backend_cleanup.
+        "result_expires": None,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_scheduler": "sqlalchemy_celery_beat.schedulers:DatabaseScheduler",
+        "beat_dburi": sqlalchemy_url(database_url),
+        "beat_max_loop_interval": 5,
+    }

@@ -1,0 +1,195 @@
+"""pgjobs settings: one validated object, read from the environment and an optional ``.env``.
+
+Every field documents its environment variable, default and unit. A bad value
+raises :class:`SettingsError`, whose message is one line naming the variable and
+never containing a password.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from config.urls import normalise_database_url, redact_url
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one line, safe to print."""
+
+
+class RetentionRule(BaseModel):
+    """Rows of ``table`` whose ``column`` is older than ``max_age_days`` are deleted nightly."""
+
+    table: str = Field(min_length=1, max_length=63)
+    column: str = Field(min_length=1, max_length=63)
+    max_age_days: float = Field(gt=0)
+
+
+class SmtpTarget(BaseModel):
+    """A parsed ``SMTP_URL``."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    implicit_tls: bool = False
+    starttls: bool = False
+
+
+class Settings(BaseSettings):
+    """All of pgjobs' knobs. Environment variable names are the field names, upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    database_url: str | None = None
+    """DATABASE_URL: ``postgresql://user:pass@host:port/db``. Broker, results and schedule all
+    live there. Unset: ``pgjobs dev`` starts an embedded PostgreSQL; workers and beat refuse."""
+
+    smtp_url: str | None = None
+    """SMTP_URL: ``smtp://user:pass@host:port`` (plain), ``smtps://`` (implicit TLS, port 465
+    by default) or ``smtp://...?starttls=true``. Unset: mails go to ``OUTBOX_DIR`` and the log."""
+
+    mail_from: str = "pgjobs <no-reply@localhost>"
+    """MAIL_FROM: the From header of every email."""
+
+    timezone: str = "UTC"
+    """TIMEZONE: IANA name (``Europe/Paris``) in which default schedules are read."""
+
+    log_level: str = "INFO"
+    """LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+
+    result_retention_days: float = Field(default=7, gt=0)
+    """RESULT_RETENTION_DAYS: days task results are kept before the nightly clean-up deletes
+    them (default 7)."""
+
+    sent_email_retention_days: float = Field(default=30, gt=0)
+    """SENT_EMAIL_RETENTION_DAYS: days the sent-email log is kept (default 30)."""
+
+    retention_tables: Annotated[list[RetentionRule], NoDecode] = Field(default_factory=list)
+    """RETENTION_TABLES: JSON list of extra rules for the nightly clean-up, e.g.
+    ``[{"table": "sessions", "column": "created_at", "max_age_days": 90}]`` (default none)."""
+
+    retention_batch_size: int = Field(default=5000, gt=0)
+    """RETENTION_BATCH_SIZE: rows deleted per short transaction by the clean-up (default 5000)."""
+
+    outbox_dir: Path = Path(".pgjobs/outbox")
+    """OUTBOX_DIR: where emails are written when SMTP_URL is unset (default ``.pgjobs/outbox``)."""
+
+    data_dir: Path = Path(".pgjobs/pgdata")
+    """DATA_DIR: the embedded PostgreSQL's data folder for ``pgjobs dev`` (default
+    ``.pgjobs/pgdata``)."""
+
+    visibility_timeout: float = Field(default=60, gt=0)
+    """VISIBILITY_TIMEOUT: seconds after a worker's last heartbeat before the messages it held
+    go back to their queue (default 60)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else normalise_database_url(value)
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parse_smtp_url(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'Europe/Paris' or 'UTC'"
+            ) from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("retention_tables", mode="before")
+    @classmethod
+    def _decode_retention_tables(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        return value
+
+    @property
+    def smtp(self) -> SmtpTarget | None:
+        return parse_smtp_url(self.smtp_url) if self.smtp_url else None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise SettingsError(
+                "DATABASE_URL is not set: set it to postgresql://user:pass@host:port/db, "
+                "or run `pgjobs dev` for an embedded database"
+            )
+        return self.database_url
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """Parse ``smtp[s]://[user[:pass]@]host[:port][?starttls=true]``; ValueError if malformed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"is malformed: {redact_url(url)}") from None
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError("must start with smtp:// or smtps://")
+    if not parts.hostname:
+        raise ValueError("names no host; expected smtp://user:pass@host:port")
+    starttls = parse_qs(parts.query).get("starttls", ["false"])[-1].lower()
+    if starttls not in ("true", "false", "1", "0"):
+        raise ValueError("has starttls= that is neither true nor false")
+    implicit = parts.scheme == "smtps"
+    return SmtpTarget(
+        host=parts.hostname,
+        port=port or (465 if implicit else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        implicit_tls=implicit,
+        starttls=starttls in ("true", "1"),
+    )
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{name} {message}" if first["type"] == "value_error" else f"{name}: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings now; raise SettingsError with one safe line on the first bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

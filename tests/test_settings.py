@@ -1,0 +1,59 @@
+"""Settings: bad values stop start-up with one line that names the variable."""
+
+import subprocess
+import sys
+
+import pytest
+
+from config.settings import SettingsError, load_settings, parse_smtp_url
+
+
+def test_given_no_database_url_when_required_then_error_names_variable():
+    settings = load_settings(database_url=None)
+    with pytest.raises(SettingsError, match="^DATABASE_URL is not set"):
+        settings.require_database_url()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("database_url", "mysql://u:p@h/db", "DATABASE_URL must be a postgresql:// URL"),
+        ("database_url", "postgresql://u:hunter2@h:port/db", "DATABASE_URL is malformed"),
+        ("smtp_url", "http://mail:25", "SMTP_URL must start with smtp://"),
+        ("smtp_url", "smtp://u:hunter2@:25", "SMTP_URL names no host"),
+        ("timezone", "Mars/Olympus", "TIMEZONE unknown time zone 'Mars/Olympus'"),
+        ("retention_tables", "[{", "RETENTION_TABLES is not valid JSON"),
+    ],
+)
+def test_given_bad_value_then_one_line_names_it_without_password(field, value, message):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**{field: value})
+    text = str(caught.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+    assert "hunter2" not in text
+
+
+def test_smtp_url_forms():
+    plain = parse_smtp_url("smtp://user:p%40ss@mail.example:2525?starttls=true")
+    assert (plain.host, plain.port, plain.username, plain.password) == (
+        "mail.example", 2525, "user", "p@ss")
+    assert plain.starttls and not plain.implicit_tls
+    implicit = parse_smtp_url("smtps://mail.example")
+    assert implicit.implicit_tls and implicit.port == 465
+
+
+def test_postgres_scheme_is_normalised():
+    settings = load_settings(database_url="postgres://u:p@h:5432/db")
+    assert settings.database_url == "postgresql://u:p@h:5432/db"
+
+
+def test_worker_with_malformed_database_url_exits_with_one_line():
+    env = {"DATABASE_URL": "postgresql://u:hunter2@h:notaport/db", "PATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "config", "worker"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "pgjobs: DATABASE_URL is malformed: postgresql://u:***@h:notaport/db"]
