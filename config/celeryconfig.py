@@ -39,7 +39,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": None,
         "timezone": "UTC",
         "enable_utc": True,
-        "beat_scheduler": "sqlalchemy_celery_beat.schedulers:DatabaseScheduler",
+        "beat_scheduler": "beat.scheduler:Scheduler",
         "beat_dburi": sqlalchemy_url(database_url),
         "beat_max_loop_interval": 5,
     }
