@@ -1,11 +1,34 @@
-"""The ``pgjobs`` command line."""
+"""The ``pgjobs`` command line: ``dev``, ``migrate`` and ``schedule``."""
 
 from __future__ import annotations
+
+import logging
 
 import click
 
 from beat.cli import schedule
-from config.settings import SettingsError, get_settings
+from config.settings import Settings, SettingsError, get_settings
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _database_url() -> str:
+    try:
+        return _settings().require_database_url()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _prepare(database_url: str) -> None:
+    """Bring the schema up to date and install the default schedule entries."""
+    from config.migrate import upgrade
+
+    upgrade(database_url)
 
 
 @click.group()
@@ -16,14 +39,27 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade every pgjobs table. Safe to run twice, or from two hosts at once."""
-    from config.migrate import upgrade
-
-    try:
-        url = get_settings().require_database_url()
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
-    upgrade(url)
+    _prepare(_database_url())
     click.echo("pgjobs: database is up to date")
+
+
+@main.command()
+@click.option("--concurrency", "-c", default=2, show_default=True, help="Worker processes.")
+@click.option("--no-beat", is_flag=True, help="Run the worker only.")
+def dev(concurrency: int, no_beat: bool) -> None:
+    """Run a worker and beat locally; with no DATABASE_URL, on an embedded PostgreSQL."""
+    from config.dev import celery_commands, database_for, run_processes
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with database_for(settings) as database_url:
+        if not settings.database_url:
+            click.echo(f"pgjobs: embedded PostgreSQL in {settings.data_dir}")
+        _prepare(database_url)
+        commands = celery_commands(concurrency, settings.log_level, beat=not no_beat)
+        code = run_processes(commands, database_url)
+    raise SystemExit(code)
 
 
 main.add_command(schedule)
