@@ -6,9 +6,10 @@ that names the variable.
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
 from config.celeryconfig import celery_config
+from config.checks import check_database
 from config.settings import SettingsError, get_settings
 
 
@@ -23,3 +24,13 @@ try:
     app = create_app()
 except SettingsError as error:
     raise SystemExit(f"pgjobs: {error}") from None
+
+
+# Sent by both `celery worker` and `celery beat` as they import task modules, before
+# either touches the broker or the schedule.
+@signals.import_modules.connect
+def _refuse_to_start_without_database(**_: object) -> None:
+    try:
+        check_database(get_settings().require_database_url())
+    except SettingsError as error:
+        raise SystemExit(f"pgjobs: {error}") from None

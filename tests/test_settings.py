@@ -57,3 +57,17 @@ def test_worker_with_malformed_database_url_exits_with_one_line():
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "pgjobs: DATABASE_URL is malformed: postgresql://u:***@h:notaport/db"]
+
+
+@pytest.mark.parametrize("role", ["worker", "beat"])
+def test_unreachable_database_stops_start_up_with_one_line(role, tmp_path):
+    env = {"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db", "PATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "config", role],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "hunter2" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "pgjobs: DATABASE_URL: cannot connect to postgresql://u:***@127.0.0.1:1/db")
+    assert "Traceback" not in result.stderr
