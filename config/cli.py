@@ -55,7 +55,8 @@ def dev(concurrency: int, no_beat: bool) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with database_for(settings) as database_url:
         if not settings.database_url:
-            click.echo(f"pgjobs: embedded PostgreSQL in {settings.data_dir}")
+            click.echo(f"pgjobs: embedded PostgreSQL in {settings.data_dir}, "
+                       f"DATABASE_URL={database_url}")
         _prepare(database_url)
         commands = celery_commands(concurrency, settings.log_level, beat=not no_beat)
         code = run_processes(commands, database_url)
