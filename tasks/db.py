@@ -1,0 +1,52 @@
+"""The tasks' database engine: one per process, created on first use.
+
+Celery's prefork pool forks workers from a parent that may already hold pooled
+connections; a forked child must never reuse its parent's sockets, so the engine
+forgets (without closing) inherited connections right after a fork.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from sqlalchemy import Engine, create_engine
+
+from config.settings import get_settings
+from config.urls import sqlalchemy_url
+
+_CONNECT_TIMEOUT_SECONDS = 10
+_lock = threading.Lock()
+_engine: Engine | None = None
+_engine_url: str | None = None
+
+
+def engine() -> Engine:
+    """The engine for the current ``DATABASE_URL``; a changed URL gets a new engine."""
+    global _engine, _engine_url
+    url = sqlalchemy_url(get_settings().require_database_url())
+    with _lock:
+        if _engine is None or url != _engine_url:
+            if _engine is not None:
+                _engine.dispose()
+            _engine = _create(url)
+            _engine_url = url
+        return _engine
+
+
+def _create(url: str) -> Engine:
+    return create_engine(
+        url,
+        pool_size=2,
+        max_overflow=2,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": _CONNECT_TIMEOUT_SECONDS},
+    )
+
+
+def _forget_inherited_connections() -> None:
+    if _engine is not None:
+        _engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)

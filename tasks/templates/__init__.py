@@ -1,0 +1,1 @@
+"""Email templates of the tasks, shipped as package data."""
