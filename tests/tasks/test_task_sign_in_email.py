@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import psycopg
 import pytest
 from task_helpers import SMTP_PASSWORD, SMTP_USER, Mailbox, free_port, recorded_retries
@@ -206,3 +210,58 @@ def test_wrong_password_fails_without_revealing_it(app_db, settings_env, tls_con
     assert wrong not in str(result.result) and wrong not in (result.traceback or "")
     assert wrong not in caplog.text
     assert handler.messages == []
+
+
+def wait_until(condition, timeout: float = 15.0) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def blocked_on_sent_email_row(db_url: str) -> bool:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE '%pgjobs_sent_email%'"
+        ).fetchone()[0] > 0
+
+
+def test_concurrent_duplicate_delivery_waits_then_sends_nothing(mailbox, app_db):
+    # Given a first delivery paused while the SMTP server holds its message
+    received, release = threading.Event(), threading.Event()
+
+    async def hold_then_accept(server, session, envelope):
+        received.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        mailbox.envelopes.append(envelope)
+        return "250 Message accepted"
+
+    mailbox.handle_DATA = hold_then_accept
+    results: dict[str, object] = {}
+
+    def deliver(label: str) -> None:
+        results[label] = send_sign_in_email.apply(kwargs=KWARGS, task_id="t-dup")
+
+    first = threading.Thread(target=deliver, args=("first",))
+    second = threading.Thread(target=deliver, args=("second",))
+    try:
+        first.start()
+        assert received.wait(15)
+
+        # When a duplicate of the same task starts meanwhile
+        second.start()
+
+        # Then it waits on the first one's row instead of sending
+        wait_until(lambda: blocked_on_sent_email_row(app_db))
+    finally:
+        release.set()
+        first.join(30)
+        second.join(30)
+
+    # And once the first commits, the duplicate finds the row and sends nothing
+    assert results["first"].result["sent"] is True
+    assert results["second"].result["sent"] is False
+    assert len(mailbox.messages) == 1 and len(sent_rows(app_db)) == 1
