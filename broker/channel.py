@@ -1,0 +1,211 @@
+"""The kombu channel: queues, exchanges and bindings in PostgreSQL; claims, leases and acks.
+
+Each method maps one AMQP operation onto one named query of :mod:`broker.store`.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from kombu.exceptions import ChannelError
+from kombu.transport import virtual
+
+from broker.messages import Claimed, MalformedMessage, decode
+
+if TYPE_CHECKING:
+    from broker.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+REJECTED = "rejected by its consumer without requeue"
+
+
+class QoS(virtual.QoS):
+    """Prefetch accounting in memory; leases, acks and requeues in the table.
+
+    Ack deletes the row; ``reject(requeue=True)`` and channel close release the lease (the
+    same row goes back, no copy is published); ``reject(requeue=False)`` moves the row to the
+    dead-letter table.
+    """
+
+    channel: Channel
+
+    def ack(self, delivery_tag: int) -> None:
+        self.channel.store.ack(delivery_tag)
+        self._quick_ack(delivery_tag)
+
+    def reject(self, delivery_tag: int, requeue: bool = False) -> None:
+        if requeue:
+            self.channel.store.release([delivery_tag])
+        else:
+            self.channel.store.dead_letter(delivery_tag, REJECTED)
+        self._quick_ack(delivery_tag)
+
+    def restore_unacked(self) -> list[Any]:
+        """Release every message this channel still holds, in one statement."""
+        self._flush()
+        tags = list(self._delivered)
+        self._delivered.clear()
+        if tags:
+            try:
+                self.channel.store.release(tags)
+            except psycopg.Error as exc:
+                logger.warning("pgjobs broker: could not release %d message(s) (%s); they "
+                               "return after visibility_timeout", len(tags), _first_line(exc))
+        return []
+
+
+class Channel(virtual.Channel):
+    """A kombu virtual channel backed by :class:`broker.store.Store`."""
+
+    QoS = QoS
+    supports_fanout = True
+    connection: Transport
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.store = connection.store
+        self.pending = True
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str,
+                      **kwargs: Any) -> Any:
+        result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        self.connection.start_consuming(queue)
+        self.pending = True
+        return result
+
+    def basic_cancel(self, consumer_tag: str) -> None:
+        queue = self._tag_to_queue.get(consumer_tag)
+        super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self.connection.stop_consuming(queue)
+
+    def deliver_ready(self) -> int:
+        """Claim as many messages as the prefetch window allows and hand them to their
+        consumers; returns how many were delivered."""
+        queues = list(dict.fromkeys(self._active_queues))
+        if not queues or not self.qos.can_consume():
+            return 0
+        limit = self.qos.can_consume_max_estimate() or self.connection.claim_batch_size
+        rows = self.connection.claim(queues, limit)
+        self.pending = len(rows) >= limit
+        return sum(self._deliver(row) for row in rows)
+
+    def _deliver(self, row: Claimed) -> bool:
+        payload = self._decode(row)
+        if payload is None:
+            return False
+        self.connection._deliver(payload, row.queue)
+        return True
+
+    def _decode(self, row: Claimed) -> dict[str, Any] | None:
+        try:
+            return decode(row)
+        except MalformedMessage as exc:
+            logger.error("pgjobs broker: message %d in queue %r is malformed (%s); moved to "
+                         "pgjobs_broker_dead_letter", row.id, row.queue, exc)
+            self.store.dead_letter(row.id, f"malformed: {exc}")
+            return None
+
+    def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
+        if not self.deliver_ready():
+            raise Empty()
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        while True:
+            rows = self.connection.claim([queue], 1)
+            if not rows:
+                raise Empty()
+            payload = self._decode(rows[0])
+            if payload is not None:
+                return payload
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str,
+                      **kwargs: Any) -> None:
+        self._inplace_augment_message(message, exchange, routing_key)
+        self.store.publish(exchange or "", routing_key or "", message,
+                           self.connection.eta_lookahead)
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self.store.publish("", queue, message, self.connection.eta_lookahead)
+
+    # -- queues ---------------------------------------------------------------------------
+
+    def _new_queue(self, queue: str, auto_delete: bool = False, arguments: Any = None,
+                   **kwargs: Any) -> None:
+        # Queues that expire are as transient as auto-delete ones: both go with their consumer.
+        transient = bool(auto_delete) or bool((arguments or {}).get("x-expires"))
+        self.store.declare_queue(queue, transient)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return self.store.queue_exists(queue)
+
+    def _size(self, queue: str) -> int:
+        return self.store.size(queue)
+
+    def _purge(self, queue: str) -> int:
+        return self.store.purge(queue)
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False,
+                     **kwargs: Any) -> None:
+        if if_empty and self._size(queue):
+            return
+        self.store.delete_queue(queue)
+
+    # -- exchanges and bindings -----------------------------------------------------------
+
+    def exchange_declare(self, exchange: str | None = None, type: str = "direct",
+                         durable: bool = False, auto_delete: bool = False,
+                         arguments: Any = None, nowait: bool = False,
+                         passive: bool = False) -> None:
+        type = type or "direct"
+        exchange = exchange or f"amq.{type}"
+        if passive:
+            if self.store.exchange_type(exchange) is None:
+                raise ChannelError(f"NOT_FOUND - no exchange {exchange!r}", (50, 10),
+                                   "Channel.exchange_declare", "404")
+            return
+        if type not in self.exchange_types:
+            raise ChannelError(f"exchange type {type!r} is not supported; use direct, topic "
+                               "or fanout")
+        self.store.declare_exchange(exchange, type)
+
+    def exchange_delete(self, exchange: str, if_unused: bool = False,
+                        nowait: bool = False) -> None:
+        self.store.delete_exchange(exchange)
+
+    def typeof(self, exchange: str, default: str = "direct") -> Any:
+        return self.exchange_types[self.store.exchange_type(exchange) or default]
+
+    def get_exchanges(self) -> list[str]:
+        return self.store.exchanges()
+
+    def get_table(self, exchange: str) -> list[tuple[str, str, str]]:
+        return self.store.bindings(exchange)
+
+    def list_bindings(self) -> list[tuple[str, str, str]]:
+        return self.store.all_bindings()
+
+    def queue_bind(self, queue: str, exchange: str | None = None, routing_key: str = "",
+                   arguments: Any = None, **kwargs: Any) -> None:
+        exchange = exchange or "amq.direct"
+        routing_key = routing_key or ""
+        _, pattern, _ = self.typeof(exchange).prepare_bind(queue, exchange, routing_key,
+                                                           arguments)
+        self.store.bind(exchange, routing_key, queue, pattern or "")
+
+    def queue_unbind(self, queue: str, exchange: str | None = None, routing_key: str = "",
+                     arguments: Any = None, **kwargs: Any) -> None:
+        self.store.unbind(exchange or "amq.direct", routing_key or "", queue)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,127 @@
+"""The dedicated LISTEN connection that wakes consumers.
+
+Notifications are a hint: the table is the truth, and consumers still poll. This connection
+is never pooled; when it drops it is reopened with backoff (one log line when lost, one when
+back), and everything is reported as notified on reconnect, since notifications sent while
+it was down are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+
+from broker.messages import wake_channel
+from broker.queries import composed
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+class Listener:
+    """LISTENs on the wake-up channel of every queue it is given."""
+
+    def __init__(self, conninfo: str, connect_timeout: float = 5.0) -> None:
+        self._conninfo = conninfo
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection | None = None
+        self._channels: set[str] = set()
+        self._backoff = 0.0
+        self._next_attempt = 0.0
+        self._lost = False
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self._conn.info.backend_pid if self.connected else None
+
+    def fileno(self) -> int | None:
+        return self._conn.fileno() if self.connected else None
+
+    def add(self, queue: str) -> None:
+        channel = wake_channel(queue)
+        if channel not in self._channels:
+            self._channels.add(channel)
+            self._run("listen", channel)
+
+    def remove(self, queue: str) -> None:
+        channel = wake_channel(queue)
+        if channel in self._channels:
+            self._channels.discard(channel)
+            self._run("unlisten", channel)
+
+    def ensure(self) -> bool:
+        """Connect if down and the backoff allows; True if it (re)connected just now."""
+        if self.connected or time.monotonic() < self._next_attempt:
+            return False
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True,
+                                   connect_timeout=max(1, int(self._connect_timeout)),
+                                   application_name="pgjobs-broker-listen")
+            for channel in self._channels:
+                conn.execute(composed("listen", channel=channel))
+        except psycopg.Error as exc:
+            self._on_error(exc)
+            return False
+        self._conn, self._backoff = conn, 0.0
+        if self._lost:
+            logger.warning("pgjobs broker: LISTEN connection restored")
+            self._lost = False
+        return True
+
+    def drain(self) -> set[str]:
+        """Channels notified since the last call, without blocking."""
+        return self.wait(0.0)
+
+    def wait(self, timeout: float) -> set[str]:
+        """Channels notified within ``timeout`` seconds (returns at the first). Every channel
+        counts as notified when the connection was just (re)opened."""
+        if not self.connected:
+            if self.ensure():
+                return set(self._channels)
+            time.sleep(timeout)
+            return set()
+        assert self._conn is not None
+        try:
+            notes = self._conn.notifies(timeout=timeout, stop_after=1)
+            return {note.channel for note in notes} | self._backlog()
+        except psycopg.Error as exc:
+            self._on_error(exc)
+            return set(self._channels)
+
+    def _backlog(self) -> set[str]:
+        assert self._conn is not None
+        return {note.channel for note in self._conn.notifies(timeout=0.0)}
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
+    def _run(self, name: str, channel: str) -> None:
+        if not self.connected:
+            return
+        assert self._conn is not None
+        try:
+            self._conn.execute(composed(name, channel=channel))
+        except psycopg.Error as exc:
+            self._on_error(exc)
+
+    def _on_error(self, exc: psycopg.Error) -> None:
+        self.close()
+        if not self._lost:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("pgjobs broker: LISTEN connection lost (%s); polling until it is back",
+                           reason)
+            self._lost = True
+        self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
+        self._next_attempt = time.monotonic() + self._backoff

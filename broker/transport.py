@@ -1,0 +1,298 @@
+"""pgjobs' kombu transport: messages, leases, bindings and wake-ups in PostgreSQL.
+
+Selecting it in Celery::
+
+    broker_url = "postgresql://user:pass@host:5432/db"     # or ...?host=/unix/socket/dir
+    broker_transport = "broker.transport:Transport"
+    broker_transport_options = {"visibility_timeout": 60}
+
+The URL is handed to libpq as is (any libpq URI works). The tables come from Alembic
+migration 0002 (``pgjobs migrate``); a database without them is reported as a connection
+error naming the fix, and retried.
+
+Features: direct, topic and fanout exchanges stored in the database (so routing, broadcast,
+``celery inspect``/``control`` and events work across processes and hosts); priorities
+(0..255, HIGHER runs first, as in RabbitMQ; the opposite of kombu's Redis transport);
+durable ETA; acks that delete; leases renewed by a per-consumer heartbeat; dead letters;
+transactional enqueue (:func:`broker.in_transaction`); LISTEN/NOTIFY wake-ups with polling
+as the safety net; Celery's event loop (``implements.asynchronous``).
+
+Transport options (``broker_transport_options``), with defaults:
+
+``visibility_timeout`` (60)
+    Seconds after a consumer's last heartbeat before the messages it held go back to their
+    queue. A live consumer keeps its messages however long its tasks or ETAs take.
+``heartbeat_interval`` (``min(5, visibility_timeout / 4)``)
+    Seconds between heartbeats. Each heartbeat is one UPDATE per consumer, then a sweep
+    that rescues the messages of consumers whose heartbeat expired.
+``polling_interval`` (1.0)
+    Seconds between safety-net claims when no notification arrives (lost NOTIFY, LISTEN
+    connection down, ETA messages becoming due).
+``eta_lookahead`` (2.0)
+    A message whose Celery ``eta`` lies in the future stays in the table until
+    ``eta - eta_lookahead``; then a worker takes it and waits out the rest in its timer.
+    Keep it above ``polling_interval`` for ETA tasks to start on time.
+``claim_batch_size`` (100)
+    Most messages claimed at once by a consumer without a prefetch limit.
+``connect_timeout`` (5)
+    Seconds to wait for PostgreSQL when (re)connecting.
+
+Order of delivery: queues in the order the consumer lists them, then priority, then
+publication order. Queue size (``queue_declare``/``_size``) counts the messages waiting in
+the queue, delayed ETA ones included, held ones excluded; ``purge`` deletes those.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from time import monotonic
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from kombu.transport import virtual
+from psycopg.conninfo import make_conninfo
+
+from broker.channel import Channel
+from broker.heartbeat import Heartbeat
+from broker.listener import Listener
+from broker.messages import Claimed, wake_channel
+from broker.store import SchemaMissing, Store
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, float] = {
+    "visibility_timeout": 60.0,
+    "polling_interval": 1.0,
+    "eta_lookahead": 2.0,
+    "claim_batch_size": 100,
+    "connect_timeout": 5.0,
+}
+
+
+def _options(raw: dict[str, Any]) -> dict[str, float]:
+    """The numeric transport options, validated; ValueError names the bad one."""
+    options = dict(DEFAULTS)
+    for name in (*DEFAULTS, "heartbeat_interval"):
+        value = raw.get(name)
+        if value is None:
+            continue
+        try:
+            options[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"broker transport option {name} must be a number, "
+                             f"got {value!r}") from None
+        if options[name] <= 0:
+            raise ValueError(f"broker transport option {name} must be positive, got {value!r}")
+    options.setdefault("heartbeat_interval", min(5.0, options["visibility_timeout"] / 4))
+    return options
+
+
+class Transport(virtual.Transport):
+    """kombu transport; one instance per kombu ``Connection``, one consumer row when it
+    consumes."""
+
+    Channel = Channel
+    can_parse_url = True
+    default_port = 5432
+    driver_type = "postgresql"
+    driver_name = "psycopg"
+    implements = virtual.Transport.implements.extend(
+        asynchronous=True,
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
+    )
+    connection_errors = virtual.Transport.connection_errors + (
+        psycopg.OperationalError, psycopg.InterfaceError, SchemaMissing)
+    channel_errors = virtual.Transport.channel_errors + (psycopg.DataError,)
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        options = _options(client.transport_options)
+        self.visibility_timeout = options["visibility_timeout"]
+        self.polling_interval = options["polling_interval"]
+        self.heartbeat_interval = options["heartbeat_interval"]
+        self.eta_lookahead = options["eta_lookahead"]
+        self.claim_batch_size = int(options["claim_batch_size"])
+        self.connect_timeout = options["connect_timeout"]
+        self.conninfo = _conninfo(client)
+        self.store = Store(self.conninfo, self.connect_timeout)
+        self.listener = Listener(self.conninfo, self.connect_timeout)
+        self.consumer_id = uuid.uuid4()
+        self.heartbeat: Heartbeat | None = None
+        self._loop: Any = None
+        self._watched_fd: int | None = None
+        self._timers: list[Any] = []
+
+    def driver_version(self) -> str:
+        return psycopg.__version__
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        return uri if include_password else redact(uri, mask)
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def establish_connection(self) -> Transport:
+        self.store.connect()
+        self.store.check_schema()
+        return super().establish_connection()
+
+    def close_connection(self, connection: Any) -> None:
+        self._unwatch()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        try:
+            super().close_connection(connection)
+            if self.heartbeat is not None:
+                self.store.retire(self.consumer_id)
+        except psycopg.Error as exc:
+            logger.debug("pgjobs broker: closing without clean-up (%s)", exc)
+        finally:
+            self.heartbeat = None
+            self.listener.close()
+            self.store.close()
+
+    # -- consumers ------------------------------------------------------------------------
+
+    def start_consuming(self, queue: str) -> None:
+        """A channel consumes ``queue``: register this consumer, LISTEN, own an auto-delete
+        queue."""
+        self._register()
+        self.store.own_queue(queue, self.consumer_id)
+        self.listener.add(queue)
+
+    def stop_consuming(self, queue: str) -> None:
+        if any(queue in channel._active_queues for channel in self.channels):
+            return
+        try:
+            self.store.disown_queue(queue, self.consumer_id)
+        except psycopg.Error as exc:
+            logger.debug("pgjobs broker: could not drop queue %r (%s)", queue, exc)
+        self.listener.remove(queue)
+
+    def _register(self) -> None:
+        if self.heartbeat is not None:
+            return
+        hostname = socket.gethostname()
+        self.store.beat(self.consumer_id, hostname, self.visibility_timeout)
+        self.heartbeat = Heartbeat(Store(self.conninfo, self.connect_timeout), self.consumer_id,
+                                   hostname, self.visibility_timeout, self.heartbeat_interval)
+        self.heartbeat.start()
+        self.listener.ensure()
+
+    def claim(self, queues: Sequence[str], limit: int,
+              now: datetime | None = None) -> list[Claimed]:
+        """Lease up to ``limit`` messages of ``queues`` to this consumer."""
+        self._register()
+        try:
+            return self.store.claim(self.consumer_id, queues, limit, now)
+        except psycopg.errors.ForeignKeyViolation:
+            # Our consumer row was rescued away (heartbeat lapsed): register again and retry.
+            self.store.beat(self.consumer_id, socket.gethostname(), self.visibility_timeout)
+            return self.store.claim(self.consumer_id, queues, limit, now)
+
+    # -- synchronous draining (kombu Connection.drain_events) -----------------------------
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """Deliver what is ready; otherwise wait on the LISTEN socket (at most
+        ``polling_interval`` at a time) until something is, or ``timeout`` passes."""
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            if self._deliver_all(force=True):
+                return
+            remaining = self.polling_interval if deadline is None else deadline - monotonic()
+            if remaining <= 0:
+                raise TimeoutError()
+            self.listener.wait(min(self.polling_interval, remaining))
+
+    def _deliver_all(self, force: bool = False) -> int:
+        delivered = 0
+        for channel in list(self.channels):
+            if force or channel.pending:
+                delivered += channel.deliver_ready()
+        return delivered
+
+    def _mark(self, notified: Iterable[str]) -> None:
+        notified = set(notified)
+        for channel in self.channels:
+            if any(wake_channel(queue) in notified for queue in channel._active_queues):
+                channel.pending = True
+
+    def _mark_all(self) -> None:
+        for channel in self.channels:
+            channel.pending = True
+
+    # -- Celery's event loop ----------------------------------------------------------------
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        self._loop = loop
+        self._watch()
+        loop.on_tick.add(self._on_tick)
+        self._timers.append(loop.call_repeatedly(self.polling_interval, self._on_poll))
+
+    def on_readable(self, fileno: int) -> None:
+        self._mark(self.listener.drain())
+        self._deliver_all()
+
+    def _on_tick(self) -> None:
+        self._watch()
+        self._deliver_all()
+
+    def _on_poll(self) -> None:
+        self.listener.ensure()
+        self._mark_all()
+        self._deliver_all()
+
+    def _watch(self) -> None:
+        """Keep the loop reading the LISTEN socket, which changes when it reconnects."""
+        fd = self.listener.fileno()
+        if fd == self._watched_fd or self._loop is None:
+            return
+        self._forget_fd()
+        if fd is not None:
+            self._loop.add_reader(fd, self.on_readable, fd)
+            self._mark_all()
+        self._watched_fd = fd
+
+    def _forget_fd(self) -> None:
+        if self._watched_fd is not None:
+            try:
+                self._loop.remove_reader(self._watched_fd)
+            except (OSError, ValueError, KeyError):
+                pass
+            self._watched_fd = None
+
+    def _unwatch(self) -> None:
+        if self._loop is None:
+            return
+        self._forget_fd()
+        self._loop.on_tick.discard(self._on_tick)
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._loop = None
+
+
+def _conninfo(client: Any) -> str:
+    """libpq connection string of a kombu client: its URL, or its separate fields."""
+    hostname = client.hostname or "localhost"
+    if "://" in hostname:
+        return hostname
+    return make_conninfo(host=hostname, port=client.port or 5432, user=client.userid or None,
+                         password=client.password or None, dbname=client.virtual_host or None)
+
+
+def redact(url: str, mask: str = "**") -> str:
+    """``url`` with its password masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable broker URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{mask}@{netloc[1]}"))
