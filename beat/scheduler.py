@@ -1,7 +1,215 @@
-"""The pgjobs beat scheduler: sqlalchemy-celery-beat's database schedule."""
+"""``beat.scheduler:Scheduler``: the database schedule, dispatched by one leader at a time.
 
-from sqlalchemy_celery_beat.schedulers import DatabaseScheduler
+It reuses sqlalchemy-celery-beat's models, sessions and entries, and replaces the parts
+that do not hold with several beats: it never creates tables (Alembic does), it dispatches
+only while it holds the leader lock, it records every tick with its send, and it computes
+due times itself (time zones, missed runs, ``beat_cron_starting_deadline``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from celery import beat
+from kombu.utils.uuid import uuid
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy_celery_beat.models import PeriodicTask
+from sqlalchemy_celery_beat.session import session_cleanup
+
+from beat import queries, store
+from beat.entry import Entry
+from beat.leadership import Leadership, LostLeadership
+from beat.schedule import default_entries
+from beat.ticks import InTransaction, Tick, TickLedger, transactional_publisher
+
+logger = logging.getLogger("beat.scheduler")
+
+# A standby asks for the lock this often (seconds), so a failover costs about this much
+# once the old leader's connection is gone.
+STANDBY_RETRY = 1.0
+# The leader prunes the tick record this often (seconds).
+PRUNE_EVERY = 3600.0
 
 
-class Scheduler(DatabaseScheduler):
-    """Reads the schedule from PostgreSQL."""
+class Scheduler(beat.Scheduler):
+    """Celery beat scheduler over sqlalchemy-celery-beat's tables, safe to run many times."""
+
+    Entry = Entry
+
+    def __init__(self, app, *args, **kwargs) -> None:
+        self.dburi: str = kwargs.pop("dburi", None) or app.conf.beat_dburi
+        self.engine = store.create_engine(self.dburi)
+        self.Session = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self._entries: dict[str, Entry] | None = None
+        self._marker: datetime | None = None
+        self._leadership = Leadership(self.dburi)
+        self._ledger: TickLedger | None = None
+        self._in_transaction: InTransaction | None = None
+        self._pruned_at = 0.0
+        super().__init__(app, *args, **kwargs)
+
+    # --- Celery's Scheduler interface ------------------------------------------------------
+
+    def setup_schedule(self) -> None:
+        try:
+            self._sync_defaults()
+        except SQLAlchemyError as error:
+            logger.error("beat: could not add the default entries yet (%s); "
+                         "the leader retries when it takes over", error.__class__.__name__)
+
+    def get_schedule(self) -> dict[str, Entry]:
+        return self._entries or {}
+
+    def set_schedule(self, schedule: dict[str, Entry]) -> None:
+        self._entries = schedule
+
+    schedule = property(get_schedule, set_schedule)
+
+    def tick(self, *args, **kwargs) -> float:
+        """One pass: lead or stand by, reload edits, send what is due. Returns the sleep."""
+        if not self._leadership.confirm():
+            self._entries = None  # a future leader reloads everything
+            return min(STANDBY_RETRY, self.max_interval)
+        try:
+            self._refresh()
+            return self._dispatch_due()
+        except LostLeadership as error:
+            self._leadership.lost(str(error))
+        except SQLAlchemyError as error:
+            self._leadership.lost(f"database error: {error.__class__.__name__}")
+        self._entries = None
+        return min(STANDBY_RETRY, self.max_interval)
+
+    def sync(self) -> None:
+        """Nothing to do: progress is written with every tick."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._leadership.release()
+            self.engine.dispose()
+
+    @property
+    def info(self) -> str:
+        return "    . db -> " + make_url(self.dburi).render_as_string(hide_password=True)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leadership.leading
+
+    @property
+    def leadership(self) -> Leadership:
+        return self._leadership
+
+    # --- leading ---------------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        connection = self._leadership.connection
+        marker = connection.scalar(queries.CHANGE_MARKER)
+        connection.commit()
+        if self._entries is None:
+            self._take_over()
+        elif marker == self._marker:
+            return
+        else:
+            logger.info("beat: the schedule changed; reloading it")
+        self._marker = marker
+        self._entries = self._load()
+
+    def _take_over(self) -> None:
+        self._in_transaction = self._publisher()
+        self._ledger = TickLedger(self._leadership, self._in_transaction)
+        self._sync_defaults()
+        self._ledger.report_unsent()
+
+    def _publisher(self) -> InTransaction | None:
+        with self.app.connection_for_write() as connection:
+            return transactional_publisher(connection.transport)
+
+    def _sync_defaults(self) -> None:
+        with store.transaction(self.engine) as session:
+            store.add_entries(session, default_entries(), only_missing=True)
+
+    def _load(self) -> dict[str, Entry]:
+        session = self.Session()
+        with session_cleanup(session):
+            policies = dict(session.execute(queries.CATCH_UP_POLICIES).tuples().all())
+            models = session.query(PeriodicTask).filter_by(enabled=True).all()
+        loaded_at = self.clock()
+        entries = (self._entry(m, policies.get(m.name, "once"), loaded_at) for m in models)
+        return {entry.name: entry for entry in entries if entry is not None}
+
+    def _entry(self, model: PeriodicTask, catch_up: str, loaded_at: datetime) -> Entry | None:
+        try:
+            return self.Entry(model, Session=self.Session, app=self.app, catch_up=catch_up,
+                              loaded_at=loaded_at)
+        except Exception:  # one broken row must not stop the others
+            logger.exception("beat: skipping entry %r, which could not be loaded", model.name)
+            return None
+
+    def _dispatch_due(self) -> float:
+        self._maybe_prune()
+        wait = float(self.max_interval)
+        for entry in list(self.get_schedule().values()):
+            wait = min(wait, self._handle(entry))
+        return max(wait, 0.0)
+
+    def _handle(self, entry: Entry) -> float:
+        decision = entry.plan(self.clock(), deadline=self.app.conf.beat_cron_starting_deadline)
+        if decision.action == "wait":
+            return decision.wait
+        if decision.action == "skip":
+            self._ledger.skip(entry.name, decision.due_at)
+            logger.warning("beat: skipped %d missed run(s) of %r up to %s (%s)",
+                           decision.missed, entry.name, decision.due_at.isoformat(),
+                           decision.reason)
+        elif not self._fire(entry, decision.due_at, decision.missed):
+            return STANDBY_RETRY
+        entry.last_run_at = entry.stored_last_run_at = decision.due_at
+        return 0.0
+
+    def _fire(self, entry: Entry, due_at: datetime, missed: int) -> bool:
+        """Send one tick; False when the broker refused it (it is tried again)."""
+        tick = Tick(entry.name, due_at, uuid(), entry.stored_last_run_at, entry.model.enabled)
+        try:
+            sent = self._ledger.fire(tick, lambda: self._send(entry, tick))
+        except (LostLeadership, SQLAlchemyError):
+            raise
+        except Exception as error:  # the claim was given back
+            logger.error("beat: could not send %r (%s); trying again", entry.name, error)
+            return False
+        if not sent:
+            logger.info("beat: %r due at %s was already sent", entry.name, due_at.isoformat())
+        elif missed > 1:
+            logger.warning("beat: sent %r once for %d missed runs (catch_up=once), id %s",
+                           entry.name, missed, tick.task_id)
+        else:
+            logger.info("beat: sent %r (%s) due at %s, id %s", entry.name, entry.task,
+                        due_at.isoformat(), tick.task_id)
+        return True
+
+    def _send(self, entry: Entry, tick: Tick) -> object:
+        options = dict(entry.options)
+        options["task_id"] = tick.task_id
+        options["headers"] = {**options.get("headers", {}), "celery_beat_task": True,
+                              "pgjobs_beat_due_at": tick.due_at.isoformat()}
+        if self._in_transaction is None:
+            options["producer"] = self.producer  # otherwise the transport picks the connection
+        task = self.app.tasks.get(entry.task)
+        send = task.apply_async if task else self._send_by_name(entry.task)
+        return send(entry.args, entry.kwargs, **options)
+
+    def _send_by_name(self, name: str) -> Callable[..., object]:
+        return lambda args, kwargs, **options: self.app.send_task(name, args, kwargs, **options)
+
+    def _maybe_prune(self) -> None:
+        now = self.clock().timestamp()
+        if now - self._pruned_at >= PRUNE_EVERY:
+            self._ledger.prune()
+            self._pruned_at = now

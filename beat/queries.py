@@ -1,0 +1,115 @@
+"""Every SQL statement beat runs, named, in one place.
+
+Tables: ``pgjobs_beat_tick`` and ``pgjobs_beat_policy`` (migration 0003), and
+sqlalchemy-celery-beat's ``celery_periodictask``, ``celery_periodictaskchanged`` and
+schedule tables (migration 0001). All values are bound parameters.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+# --- leadership (run on the leader's dedicated connection) ---------------------------------
+
+TRY_LOCK = text("SELECT pg_try_advisory_lock(:key1, :key2)")
+"""Take the leader lock for this session, or return false at once."""
+
+LOCK_HELD = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+    " AND pid = pg_backend_pid() AND classid = :key1 AND objid = :key2"
+    " AND objsubid = 2 AND granted)"
+)
+"""True while this session still holds the leader lock (also proves the connection lives)."""
+
+LOCK_HOLDER = text(
+    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.classid = :key1 AND l.objid = :key2"
+    " AND l.objsubid = 2 AND l.granted AND l.database = ("
+    "SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+"""Who leads now, for the standby's log line."""
+
+# --- ticks ---------------------------------------------------------------------------------
+
+CLAIM_TICK = text(
+    "INSERT INTO pgjobs_beat_tick (entry_name, due_at, task_id, leader, sent_at)"
+    " VALUES (:entry_name, :due_at, :task_id, :leader, CASE WHEN :sent THEN now() END)"
+    " ON CONFLICT (entry_name, due_at) DO NOTHING RETURNING task_id"
+)
+"""Claim one tick; no row back means another leader already fired it."""
+
+MARK_SENT = text(
+    "UPDATE pgjobs_beat_tick SET sent_at = now() WHERE entry_name = :entry_name"
+    " AND due_at = :due_at"
+)
+
+UNCLAIM_TICK = text(
+    "DELETE FROM pgjobs_beat_tick WHERE entry_name = :entry_name AND due_at = :due_at"
+    " AND sent_at IS NULL"
+)
+"""Give back a tick whose message could not be published, so that it is tried again."""
+
+ADVANCE_ENTRY = text(
+    "UPDATE celery_periodictask SET"
+    " last_run_at = GREATEST(COALESCE(last_run_at, :due_at), :due_at),"
+    " total_run_count = total_run_count + :fired,"
+    " enabled = enabled AND NOT one_off"
+    " WHERE name = :entry_name"
+)
+"""Persist how far an entry got (fired or skipped), with the tick; a one-off entry is done.
+
+A plain UPDATE fires no ORM event, so beat's own progress never looks like an edit."""
+
+RESTORE_ENTRY = text(
+    "UPDATE celery_periodictask SET last_run_at = :last_run_at,"
+    " total_run_count = GREATEST(total_run_count - 1, 0), enabled = :enabled"
+    " WHERE name = :entry_name"
+)
+
+UNSENT_TICKS = text(
+    "SELECT entry_name, due_at, leader FROM pgjobs_beat_tick WHERE sent_at IS NULL"
+    " AND claimed_at > now() - interval '1 day' ORDER BY due_at"
+)
+"""Ticks a previous leader claimed but never confirmed as published."""
+
+PRUNE_TICKS = text(
+    "DELETE FROM pgjobs_beat_tick WHERE claimed_at < now() - make_interval(days => :days)"
+)
+
+# --- schedule ------------------------------------------------------------------------------
+
+CHANGE_MARKER = text("SELECT last_update FROM celery_periodictaskchanged WHERE id = 1")
+
+BUMP_CHANGE_MARKER = text(
+    "INSERT INTO celery_periodictaskchanged (id, last_update) VALUES (1, clock_timestamp())"
+    " ON CONFLICT (id) DO UPDATE SET last_update = clock_timestamp()"
+)
+"""Tell every beat the schedule changed; bulk UPDATEs fire no ORM event, so writers call this."""
+
+CATCH_UP_POLICIES = text(
+    "SELECT t.name, p.catch_up FROM pgjobs_beat_policy p"
+    " JOIN celery_periodictask t ON t.id = p.periodic_task_id"
+)
+
+SET_CATCH_UP = text(
+    "INSERT INTO pgjobs_beat_policy (periodic_task_id, catch_up) VALUES (:task_id, :catch_up)"
+    " ON CONFLICT (periodic_task_id) DO UPDATE SET catch_up = EXCLUDED.catch_up"
+)
+
+SET_ENABLED = text(
+    "UPDATE celery_periodictask SET enabled = :enabled, date_changed = now()"
+    " WHERE name = ANY(:names) RETURNING name"
+)
+
+RESUME = text(
+    "UPDATE celery_periodictask SET enabled = true, date_changed = now(),"
+    " last_run_at = now() WHERE name = ANY(:names) RETURNING name"
+)
+"""Resume from now: runs missed while paused are not caught up."""
+
+REMOVE = text("DELETE FROM celery_periodictask WHERE name = ANY(:names) RETURNING name")
+
+EXISTING_NAMES = text("SELECT name FROM celery_periodictask WHERE name = ANY(:names)")
+
+SYNC_LOCK = text("SELECT pg_advisory_xact_lock(:key1, :key2)")
+"""Serialise default-entry sync between beats starting together and ``pgjobs migrate``."""
