@@ -12,7 +12,7 @@ from string import Template
 
 from email_validator import EmailNotValidError, validate_email
 
-from tasks.errors import InvalidAddressError
+from tasks.errors import InvalidAddressError, PermanentEmailError
 
 SIGN_IN_SUBJECT = "Your sign-in code"
 
@@ -25,13 +25,16 @@ def check_recipient(email: str) -> str:
         return validate_email(email, check_deliverability=False).normalized
     except EmailNotValidError as error:
         raise InvalidAddressError(
-            f"invalid recipient address {email!r}: {error}; fix the address and send again"
+            f"invalid recipient address {email!r}: {str(error).rstrip('.')}; "
+            "fix the address and send again"
         ) from None
 
 
 def sign_in_message(recipient: str, name: str, code: str, mail_from: str) -> EmailMessage:
     """A multipart/alternative email (plain text, then HTML) carrying ``code``."""
-    values = {"name": str(name), "code": str(code)}
+    values = {"name": str(name), "code": str(code).strip()}
+    if not values["code"]:
+        raise PermanentEmailError("sign-in code is empty; pass the code the user must enter")
     message = EmailMessage()
     message["Subject"] = SIGN_IN_SUBJECT
     message["From"] = mail_from

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from email.message import EmailMessage
 from typing import Any
 
 from celery import Task
@@ -11,7 +12,7 @@ from psycopg import OperationalError as DriverOperationalError
 from sqlalchemy.exc import OperationalError
 
 from config.celery import app
-from config.settings import SettingsError, get_settings
+from config.settings import Settings, SettingsError, get_settings
 from tasks import sent_log
 from tasks.errors import PermanentEmailError, TransientEmailError
 from tasks.message import SIGN_IN_SUBJECT, check_recipient, sign_in_message
@@ -48,19 +49,20 @@ def send_sign_in_email(self: Task, email: str, name: str, code: str) -> dict[str
     recipient = check_recipient(email)
     settings = get_settings()
     message = sign_in_message(recipient, name, code, settings.mail_from)
+    # Called as a plain function there is no task id, and so nothing to deduplicate.
     task_id = self.request.id or str(uuid.uuid4())
     message_id = message["Message-ID"]
     with sent_log.claim(task_id, recipient, SIGN_IN_SUBJECT, message_id) as may_send:
         if may_send:
-            _hand_over(message, task_id)
+            _hand_over(message, task_id, settings)
         else:
             logger.info("sign-in email of task %s already sent; not sending again", task_id)
+    # The code stays out of the result: results are stored in the database.
     return {"task_id": task_id, "recipient": recipient, "message_id": message_id,
             "sent": may_send}
 
 
-def _hand_over(message: Any, task_id: str) -> None:
-    settings = get_settings()
+def _hand_over(message: EmailMessage, task_id: str, settings: Settings) -> None:
     target = settings.smtp
     if target is None:
         path = write_to_outbox(message, settings.outbox_dir, task_id)

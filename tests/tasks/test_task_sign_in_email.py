@@ -145,6 +145,15 @@ def test_invalid_address_fails_clearly_before_any_network_io(mailbox, app_db, ad
     assert mailbox.attempts == 0 and sent_rows(app_db) == []
 
 
+def test_empty_code_fails_clearly_and_sends_nothing(mailbox, app_db):
+    # When the task is given a blank code
+    result = send_sign_in_email.apply(kwargs={**KWARGS, "code": "  "}, task_id="t-blank")
+
+    # Then it fails at once saying so, and nothing was sent
+    assert result.state == "FAILURE" and "sign-in code is empty" in str(result.result)
+    assert mailbox.attempts == 0 and sent_rows(app_db) == []
+
+
 def test_without_smtp_url_the_email_goes_to_the_outbox(app_db, settings_env, tmp_path, caplog):
     # Given no SMTP_URL and an outbox folder
     outbox = tmp_path / "outbox"
