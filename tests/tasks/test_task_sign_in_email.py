@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 
@@ -10,9 +11,12 @@ import psycopg
 import pytest
 from task_helpers import SMTP_PASSWORD, SMTP_USER, Mailbox, free_port, recorded_retries
 
+from config.settings import SmtpTarget, get_settings
 from tasks import send_sign_in_email
 from tasks.errors import InvalidAddressError, PermanentEmailError, TransientEmailError
+from tasks.message import sign_in_message
 from tasks.sign_in import MAX_RETRIES, RETRY_BACKOFF_MAX_SECONDS, RETRY_BACKOFF_SECONDS
+from tasks.smtp import deliver
 
 KWARGS = {"email": "ada@example.com", "name": "Ada <Lovelace>", "code": "493 817"}
 
@@ -274,3 +278,31 @@ def test_concurrent_duplicate_delivery_waits_then_sends_nothing(mailbox, app_db)
     assert results["first"].result["sent"] is True
     assert results["second"].result["sent"] is False
     assert len(mailbox.messages) == 1 and len(sent_rows(app_db)) == 1
+
+
+@pytest.mark.parametrize(("reply", "error"), [("550 5.1.1 No such user", PermanentEmailError),
+                                               ("450 4.2.0 Greylisted", TransientEmailError)])
+def test_recipient_refusal_is_sorted_by_reply_class(mailbox, reply, error):
+    # Given a server that refuses the recipient itself (RCPT TO)
+    async def refuse_recipient(server, session, envelope, address, options):
+        return reply
+
+    mailbox.handle_RCPT = refuse_recipient
+    message = sign_in_message("ada@example.com", "Ada", "1", "pgjobs <no-reply@example.com>")
+
+    # When the message is handed over, Then the failure is classed by the reply code
+    with pytest.raises(error, match=reply.split()[0]):
+        deliver(message, get_settings().smtp)
+
+
+def test_silent_server_times_out_as_transient():
+    # Given a server that accepts connections but never greets
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = SmtpTarget(host="127.0.0.1", port=silent.getsockname()[1])
+        message = sign_in_message("ada@example.com", "Ada", "1", "pgjobs <no-reply@example.com>")
+
+        # When the message is handed over with a short timeout, Then it may be retried
+        with pytest.raises(TransientEmailError, match="timed out"):
+            deliver(message, target, timeout=0.5)
