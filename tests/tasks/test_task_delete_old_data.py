@@ -150,3 +150,18 @@ def test_unreachable_database_is_retried_three_times(app_db, settings_env):
 def test_dry_run_must_be_a_boolean(app_db):
     result = delete_old_data.apply(kwargs={"dry_run": "yes"})
     assert result.state == "FAILURE" and "dry_run must be true or false" in str(result.result)
+
+
+def test_missing_pgjobs_table_points_at_migrate_and_deletes_nothing(seeded):
+    # Given a database where a pgjobs table is missing
+    with psycopg.connect(seeded) as conn:
+        conn.execute("DROP TABLE pgjobs_sent_email")
+
+    # When the job runs
+    result = delete_old_data.apply()
+
+    # Then it names the table and the fix, and the other tables keep their old rows
+    assert isinstance(result.result, RetentionConfigError)
+    assert "'pgjobs_sent_email'" in str(result.result) and "pgjobs migrate" in str(result.result)
+    with psycopg.connect(seeded) as conn:
+        assert conn.execute("SELECT count(*) FROM celery_taskmeta").fetchone()[0] == 7
