@@ -127,7 +127,8 @@ def app_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         get_settings.cache_clear()
         app = celery_module.app
         app.conf.update(celery_config(get_settings()))
-        app._backend = None
+        app._backend_cache = None  # Celery caches the backend bound to the old URL
+        app._local.__dict__.pop("backend", None)
         if app._pool is not None:
             app._pool.force_close_all()
         app._after_fork()  # drops the producer pool bound to the previous broker URL
