@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,12 +31,14 @@ class Mailbox:
     reply: str | None = None
     attempts: int = 0
     envelopes: list[Envelope] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.time() of each accepted DATA
 
     async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
         self.attempts += 1
         if self.reply:
             return self.reply
         self.envelopes.append(envelope)
+        self.arrivals.append(time.time())
         return "250 Message accepted"
 
     @property
