@@ -26,9 +26,11 @@ def _database_url() -> str:
 
 def _prepare(database_url: str) -> None:
     """Bring the schema up to date and install the default schedule entries."""
+    from beat.schedule import sync_default_entries
     from config.migrate import upgrade
 
     upgrade(database_url)
+    sync_default_entries(database_url)
 
 
 @click.group()
