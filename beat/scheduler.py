@@ -47,7 +47,7 @@ class Scheduler(beat.Scheduler):
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._entries: dict[str, Entry] | None = None
         self._marker: datetime | None = None
-        self._leadership = Leadership(self.dburi)
+        self._leadership = Leadership(self.dburi, kwargs.pop("identity", None))
         self._ledger: TickLedger | None = None
         self._in_transaction: InTransaction | None = None
         self._pruned_at = 0.0

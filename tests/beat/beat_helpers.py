@@ -1,0 +1,89 @@
+"""Helpers for beat tests: polling, database peeks, draining a broker queue."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from kombu.simple import SimpleQueue
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` every 0.1 s until it is truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def rows(db_url: str, statement: str, params: dict | None = None) -> list[tuple]:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        return connection.execute(statement, params or {}).fetchall()
+
+
+def ticks(db_url: str, entry: str | None = None) -> list[tuple]:
+    """(entry_name, due_at, task_id, leader, sent_at) of every claimed tick, by due time."""
+    return rows(db_url, "SELECT entry_name, due_at, task_id, leader, sent_at FROM "
+                "pgjobs_beat_tick WHERE %(entry)s::text IS NULL OR entry_name = %(entry)s "
+                "ORDER BY due_at", {"entry": entry})
+
+
+def leader_application(db_url: str) -> str | None:
+    """application_name of the connection holding the beat leader lock, if any."""
+    found = rows(db_url, "SELECT a.application_name, a.pid FROM pg_locks l JOIN "
+                 "pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                 "AND l.classid = x'70676A6F'::int AND l.objid = x'62656174'::int AND l.granted "
+                 "AND a.datname = current_database()")
+    return found[0][0] if found else None
+
+
+def terminate_leader_connection(db_url: str) -> str:
+    """pg_terminate_backend on the lock connection; returns its application_name."""
+    found = rows(db_url, "SELECT a.application_name, pg_terminate_backend(a.pid) FROM "
+                 "pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE "
+                 "l.locktype = 'advisory' AND l.classid = x'70676A6F'::int "
+                 "AND l.objid = x'62656174'::int AND l.granted "
+                 "AND a.datname = current_database()")
+    assert found, "no beat leader holds the lock"
+    return found[0][0]
+
+
+def snapshot(db_url: str) -> dict[str, list[tuple]]:
+    """Every row of the schedule tables, to prove a command wrote nothing."""
+    tables = ("celery_periodictask", "celery_periodictaskchanged", "celery_crontabschedule",
+              "celery_intervalschedule", "celery_clockedschedule", "pgjobs_beat_policy",
+              "pgjobs_beat_tick")
+    return {t: rows(db_url, f"SELECT * FROM {t} ORDER BY 1") for t in tables}  # noqa: S608
+
+
+def drain(app: Any, queue: str, idle: float = 2.0) -> list[dict]:
+    """Take every message waiting in ``queue`` through the app's broker; their headers."""
+    found: list[dict] = []
+    with app.connection_for_read() as connection:
+        simple = SimpleQueue(connection, queue)
+        try:
+            while True:
+                try:
+                    message = simple.get(block=True, timeout=idle)
+                except simple.Empty:
+                    return found
+                found.append(dict(message.headers))
+                message.ack()
+        finally:
+            simple.close()
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)
+
+
+def beat_logs(folder: Path) -> str:
+    """The output of every beat process a test started."""
+    return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("beat-*.log")))
