@@ -47,8 +47,7 @@ def test_every_tick_is_sent_exactly_once_while_leaders_are_killed(
     result = CliRunner().invoke(schedule, ["add", "every-two", "--task", "beat_test.record",
                                            "--every", str(EVERY), "--queue", QUEUE])
     assert result.exit_code == 0, result.output
-    for _ in range(3):
-        beat_processes()
+    processes = [beat_processes() for _ in range(3)]
     first = wait_until(lambda: leader_application(app_db), 30, "a beat leader")
 
     # When the leader is SIGKILLed twice, each time after a few ticks
@@ -58,6 +57,9 @@ def test_every_tick_is_sent_exactly_once_while_leaders_are_killed(
     wait_until(lambda: leader_application(app_db) not in (None, *killed), 15, "a third leader")
     seen = len(ticks(app_db))
     wait_until(lambda: len(ticks(app_db)) >= seen + 3, 30, "ticks from the third leader")
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=20)
 
     # Then three processes led in turn, and each tick was claimed once and confirmed sent
     fired = ticks(app_db, "every-two")
