@@ -139,7 +139,7 @@ class Scheduler(beat.Scheduler):
     def _load(self) -> dict[str, Entry]:
         session = self.Session()
         with session_cleanup(session):
-            policies = dict(session.execute(queries.CATCH_UP_POLICIES).tuples().all())
+            policies = dict(session.execute(queries.CATCH_UP_POLICIES).all())
             models = session.query(PeriodicTask).filter_by(enabled=True).all()
         loaded_at = self.clock()
         entries = (self._entry(m, policies.get(m.name, "once"), loaded_at) for m in models)

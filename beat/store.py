@@ -143,6 +143,6 @@ class Row:
 
 def all_entries(session: Session) -> list[Row]:
     """Every entry, enabled or not, ordered by name."""
-    policies = dict(session.execute(queries.CATCH_UP_POLICIES).tuples().all())
+    policies = dict(session.execute(queries.CATCH_UP_POLICIES).all())
     tasks = session.scalars(sa.select(PeriodicTask).order_by(PeriodicTask.name)).all()
     return [Row(task, policies.get(task.name, "once")) for task in tasks]
