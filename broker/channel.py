@@ -34,7 +34,7 @@ class QoS(virtual.QoS):
     channel: Channel
 
     def ack(self, delivery_tag: int) -> None:
-        self.channel.store.ack(delivery_tag)
+        self.channel.store.ack([delivery_tag])
         self._quick_ack(delivery_tag)
 
     def reject(self, delivery_tag: int, requeue: bool = False) -> None:
@@ -69,12 +69,15 @@ class Channel(virtual.Channel):
         super().__init__(connection, **kwargs)
         self.store = connection.store
         self.pending = True
+        self._no_ack_queues: set[str] = set()
 
     # -- consuming ------------------------------------------------------------------------
 
     def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str,
                       **kwargs: Any) -> Any:
         result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        if no_ack:
+            self._no_ack_queues.add(queue)
         self.connection.start_consuming(queue)
         self.pending = True
         return result
@@ -83,6 +86,7 @@ class Channel(virtual.Channel):
         queue = self._tag_to_queue.get(consumer_tag)
         super().basic_cancel(consumer_tag)
         if queue is not None and queue not in self._active_queues:
+            self._no_ack_queues.discard(queue)
             self.connection.stop_consuming(queue)
 
     def deliver_ready(self) -> int:
@@ -94,7 +98,14 @@ class Channel(virtual.Channel):
         limit = self.qos.can_consume_max_estimate() or self.connection.claim_batch_size
         rows = self.connection.claim(queues, limit)
         self.pending = len(rows) >= limit
+        self._auto_ack([row for row in rows if row.queue in self._no_ack_queues])
         return sum(self._deliver(row) for row in rows)
+
+    def _auto_ack(self, rows: list[Claimed]) -> None:
+        """Consumers with ``no_ack`` (e.g. remote control) never ack: their messages are
+        deleted as they are handed over."""
+        if rows:
+            self.store.ack([row.id for row in rows])
 
     def _deliver(self, row: Claimed) -> bool:
         payload = self._decode(row)
@@ -115,6 +126,12 @@ class Channel(virtual.Channel):
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
         if not self.deliver_ready():
             raise Empty()
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        if message is not None and no_ack:
+            self.store.ack([message.delivery_tag])
+        return message
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         while True:

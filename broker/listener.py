@@ -61,15 +61,15 @@ class Listener:
         if self.connected or time.monotonic() < self._next_attempt:
             return False
         try:
-            conn = psycopg.connect(self._conninfo, autocommit=True,
-                                   connect_timeout=max(1, int(self._connect_timeout)),
-                                   application_name="pgjobs-broker-listen")
+            self._conn = psycopg.connect(self._conninfo, autocommit=True,
+                                         connect_timeout=max(1, int(self._connect_timeout)),
+                                         application_name="pgjobs-broker-listen")
             for channel in self._channels:
-                conn.execute(composed("listen", channel=channel))
+                self._conn.execute(composed("listen", channel=channel))
         except psycopg.Error as exc:
             self._on_error(exc)
             return False
-        self._conn, self._backoff = conn, 0.0
+        self._backoff = 0.0
         if self._lost:
             logger.warning("pgjobs broker: LISTEN connection restored")
             self._lost = False

@@ -109,7 +109,7 @@ SELECT
            WHERE visible_at <= statement_timestamp()) AS ready);
 
 -- name: ack
-DELETE FROM pgjobs_broker_message WHERE id = %(id)s;
+DELETE FROM pgjobs_broker_message WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: release
 -- Return held messages to their queues at once (requeue, channel close), and wake the queues.

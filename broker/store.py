@@ -121,8 +121,9 @@ class Store:
         rows.sort(key=lambda row: (row[4], -row[5], row[0]))
         return [Claimed(id=r[0], queue=r[1], deliveries=r[2], payload=r[3]) for r in rows]
 
-    def ack(self, message_id: int) -> None:
-        self._execute("ack", {"id": message_id})
+    def ack(self, message_ids: Sequence[int]) -> None:
+        """Delete delivered messages."""
+        self._execute("ack", {"ids": list(message_ids)})
 
     def release(self, message_ids: Sequence[int]) -> None:
         """Return held messages to their queues at once."""

@@ -136,8 +136,12 @@ class Transport(virtual.Transport):
     # -- connection lifecycle -------------------------------------------------------------
 
     def establish_connection(self) -> Transport:
-        self.store.connect()
-        self.store.check_schema()
+        try:
+            self.store.connect()
+            self.store.check_schema()
+        except BaseException:
+            self.store.close()
+            raise
         return super().establish_connection()
 
     def close_connection(self, connection: Any) -> None:

@@ -1,0 +1,41 @@
+"""Helpers for the broker conformance suite."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
+
+PG_TRANSPORT = "broker.transport:Transport"
+# Short intervals keep lease and wake-up tests quick.
+FAST_OPTIONS = {"polling_interval": 0.2, "visibility_timeout": 2, "heartbeat_interval": 0.2}
+
+
+def collect(conn: Connection, queues: list[Queue], count: int, timeout: float = 10.0,
+            ack: bool = True, **consumer_options: Any) -> list[Message]:
+    """Consume until ``count`` messages arrived (bounded by ``timeout``); returns them."""
+    received: list[Message] = []
+
+    def on_message(body: Any, message: Message) -> None:
+        received.append(message)
+        if ack:
+            message.ack()
+
+    deadline = time.monotonic() + timeout
+    with Consumer(conn, queues, callbacks=[on_message], **consumer_options):
+        while len(received) < count and time.monotonic() < deadline:
+            try:
+                conn.drain_events(timeout=0.2)
+            except TimeoutError:
+                pass
+    return received
+
+
+def sql(url: str, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """Run one statement on the test database and return its rows (empty if none)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params or {})  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []

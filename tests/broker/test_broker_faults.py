@@ -1,0 +1,99 @@
+"""Faults: the LISTEN connection and the working connection dying under the transport."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, sql
+from kombu import Connection, Consumer, Queue
+
+from broker.messages import wake_channel
+
+
+@pytest.fixture
+def conns(db_url: str) -> Iterator[list[Connection]]:
+    opened: list[Connection] = []
+    yield opened
+    for conn in opened:
+        conn.release()
+
+
+def connect(db_url: str, opened: list[Connection], **options: Any) -> Connection:
+    conn = Connection(db_url, transport=PG_TRANSPORT, transport_options={**FAST_OPTIONS, **options})
+    opened.append(conn)
+    conn.connect()
+    return conn
+
+
+def terminate(db_url: str, pid: int) -> None:
+    sql(db_url, "SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
+
+
+def test_the_listener_reconnects_by_itself_and_hears_notifications_again(
+        db_url: str, conns: list[Connection], caplog: pytest.LogCaptureFixture) -> None:
+    # given a consumer listening on its queue
+    consumer, producer = connect(db_url, conns), connect(db_url, conns)
+    queue = Queue("woken")
+    queue(producer.default_channel).declare()
+    received: list[Any] = []
+    with Consumer(consumer, [queue], callbacks=[lambda body, m: received.append(m.ack())]):
+        listener = consumer.transport.listener
+        first_pid = listener.backend_pid
+        # when its LISTEN connection is killed by the server
+        terminate(db_url, first_pid)
+        producer.Producer().publish({"n": 1}, routing_key="woken")
+        # then the message still arrives (polling covers the gap) ...
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            drain(consumer)
+        assert len(received) == 1
+        # ... the listener comes back on a new connection, having said so once
+        while listener.backend_pid in (None, first_pid) and time.monotonic() < deadline:
+            drain(consumer)
+        assert listener.backend_pid not in (None, first_pid)
+        assert caplog.text.count("LISTEN connection lost") == 1
+        # ... and notifications reach it again
+        producer.Producer().publish({"n": 2}, routing_key="woken")
+        heard: set[str] = set()
+        while not heard and time.monotonic() < deadline:
+            heard = listener.wait(0.5)
+        assert wake_channel("woken") in heard
+
+
+def drain(conn: Connection) -> None:
+    try:
+        conn.drain_events(timeout=0.2)
+    except TimeoutError:
+        pass
+
+
+def test_a_producer_reconnects_when_its_connection_dies(
+        db_url: str, conns: list[Connection]) -> None:
+    # given a producer whose database session is killed
+    producer = connect(db_url, conns)
+    queue = Queue("survivor")
+    queue(producer.default_channel).declare()
+    terminate(db_url, producer.transport.store.connect().info.backend_pid)
+    # when it publishes with kombu's retry policy
+    producer.Producer().publish({"n": 1}, routing_key="survivor", retry=True,
+                                retry_policy={"max_retries": 3, "interval_start": 0})
+    # then the message is stored
+    assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_message") == [(1,)]
+
+
+def test_a_consumer_connection_error_is_a_kombu_connection_error(
+        db_url: str, conns: list[Connection]) -> None:
+    # given a consumer whose working session is killed
+    consumer = connect(db_url, conns)
+    queue = Queue("broken")
+    queue(consumer.default_channel).declare()
+    consumer.transport.start_consuming("broken")
+    terminate(db_url, consumer.transport.store.connect().info.backend_pid)
+    # when it claims, the error is one kombu and Celery treat as "reconnect"
+    with pytest.raises(consumer.connection_errors):
+        consumer.transport.claim(["broken"], 1)
+    # and the next claim works on a fresh session
+    assert consumer.transport.claim(["broken"], 1) == []

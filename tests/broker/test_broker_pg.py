@@ -1,0 +1,370 @@
+"""PostgreSQL-only guarantees of the pgjobs transport: rows, leases, ETA, dead letters,
+priorities, wake-ups and reconnection. The memory transport has none of these."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, collect, sql
+from kombu import Connection, Consumer, Exchange, Queue
+from kombu.exceptions import OperationalError
+
+Connect = Callable[..., Connection]
+
+
+@pytest.fixture
+def connect(db_url: str, connections: list[Connection]) -> Connect:
+    def make(**options: Any) -> Connection:
+        conn = Connection(db_url, transport=PG_TRANSPORT,
+                          transport_options={**FAST_OPTIONS, **options})
+        connections.append(conn)
+        conn.connect()
+        return conn
+
+    return make
+
+
+def rows(db_url: str, queue: str) -> list[tuple[Any, ...]]:
+    """``(id, consumer)`` of every message row of ``queue``."""
+    return sql(db_url, "SELECT id, consumer FROM pgjobs_broker_message WHERE queue = %(q)s "
+                       "ORDER BY id", {"q": queue})
+
+
+def publish(conn: Connection, queue: Queue, body: Any, **options: Any) -> None:
+    # The default exchange ('') routes by queue name.
+    routing_key = queue.routing_key if queue.exchange.name else queue.name
+    conn.Producer().publish(body, exchange=queue.exchange, routing_key=routing_key,
+                            declare=[queue], **options)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def kill_heartbeat(conn: Connection, db_url: str) -> None:
+    """Make ``conn``'s consumer look dead: no more heartbeats, and its last one aged past
+    its visibility timeout."""
+    transport = conn.transport
+    transport.heartbeat.stop()
+    sql(db_url, "UPDATE pgjobs_broker_consumer SET expires_at = now() - interval '1 second' "
+                "WHERE id = %(id)s", {"id": transport.consumer_id})
+
+
+def test_ack_deletes_the_row(connect: Connect, db_url: str) -> None:
+    # given a delivered message
+    conn = connect()
+    queue = Queue("acked")
+    publish(conn, queue, {"n": 1})
+    message = queue(conn.default_channel).get()
+    assert len(rows(db_url, "acked")) == 1
+    # when it is acknowledged
+    message.ack()
+    # then its row is gone
+    assert rows(db_url, "acked") == []
+
+
+def test_reject_without_requeue_moves_the_row_to_dead_letters_with_a_reason(
+        connect: Connect, db_url: str) -> None:
+    # given a delivered message
+    conn = connect()
+    queue = Queue("rejected")
+    publish(conn, queue, {"n": 1})
+    message = queue(conn.default_channel).get()
+    # when it is rejected without requeue
+    message.reject(requeue=False)
+    # then it sits in the dead-letter table, with why
+    dead = sql(db_url, "SELECT id, queue, reason FROM pgjobs_broker_dead_letter")
+    assert dead == [(message.delivery_tag, "rejected", "rejected by its consumer without requeue")]
+    assert rows(db_url, "rejected") == []
+
+
+def test_closing_a_channel_releases_the_same_row_instead_of_copying_it(
+        connect: Connect, db_url: str) -> None:
+    # given a message delivered but not acknowledged
+    holder = connect()
+    queue = Queue("held")
+    publish(holder, queue, {"n": 1})
+    message = queue(holder.default_channel).get()
+    [(row_id, consumer)] = rows(db_url, "held")
+    assert consumer == holder.transport.consumer_id
+    # when the holder closes its connection
+    holder.release()
+    # then the very same row waits again, and comes back marked as redelivered
+    assert rows(db_url, "held") == [(row_id, None)]
+    again = queue(connect().default_channel).get()
+    assert again.delivery_tag == message.delivery_tag
+    assert again.delivery_info["redelivered"] is True
+
+
+def test_higher_priority_is_delivered_first_then_publication_order(connect: Connect) -> None:
+    # given messages of priorities 0, 5, 9 and 5 again
+    conn = connect()
+    queue = Queue("prio")
+    for n, priority in enumerate([0, 5, 9, 5]):
+        publish(conn, queue, {"n": n}, priority=priority)
+    # when they are consumed one by one
+    channel = conn.default_channel
+    order = [queue(channel).get(no_ack=True).payload["n"] for _ in range(4)]
+    # then the highest priority comes first, equal priorities in publication order
+    assert order == [2, 1, 3, 0]
+
+
+def test_queues_are_served_in_the_order_the_consumer_lists_them(connect: Connect) -> None:
+    # given a low-priority message in "first" and a high-priority one in "second"
+    conn = connect()
+    first, second = Queue("first"), Queue("second")
+    publish(conn, first, {"q": "first"}, priority=0)
+    publish(conn, second, {"q": "second"}, priority=9)
+    # when one consumer of [first, second] takes one message
+    got = conn.transport.claim(["first", "second"], 1)
+    # then it comes from the first queue listed
+    assert [row.queue for row in got] == ["first"]
+
+
+def test_an_eta_message_stays_in_the_table_until_shortly_before_it_is_due(
+        connect: Connect, db_url: str) -> None:
+    # given a message whose Celery ETA is an hour away
+    conn = connect(eta_lookahead=2)
+    queue = Queue("later")
+    eta = datetime.now(UTC) + timedelta(hours=1)
+    publish(conn, queue, {"n": 1}, headers={"eta": eta.isoformat()})
+    # when a consumer asks for work now
+    # then it gets nothing, and the row waits with visible_at = eta - look-ahead
+    assert queue(conn.default_channel).get() is None
+    [(visible_at,)] = sql(db_url, "SELECT visible_at FROM pgjobs_broker_message")
+    assert visible_at == eta - timedelta(seconds=2)
+    assert queue(conn.default_channel).queue_declare(passive=True).message_count == 1
+    # when time reaches the look-ahead window
+    due = conn.transport.claim(["later"], 10, now=eta - timedelta(seconds=1))
+    # then it is handed out
+    assert [row.queue for row in due] == ["later"]
+
+
+def test_an_eta_in_the_past_is_delivered_at_once(connect: Connect) -> None:
+    conn = connect()
+    queue = Queue("past")
+    publish(conn, queue, {"n": 1}, headers={"eta": "2001-01-01T00:00:00+00:00"})
+    assert queue(conn.default_channel).get().payload == {"n": 1}
+
+
+def test_a_dead_consumers_messages_return_after_its_heartbeat_expires(
+        connect: Connect, db_url: str) -> None:
+    # given a consumer holding a message, then dying (no more heartbeats)
+    holder = connect()
+    queue = Queue("orphan")
+    publish(holder, queue, {"n": 1})
+    assert queue(holder.default_channel).get() is not None
+    rescuer = connect()
+    assert queue(rescuer.default_channel).get() is None  # leased, not visible
+    kill_heartbeat(holder, db_url)
+    # when another consumer's heartbeat sweeps for dead consumers
+    wait_until(lambda: rows(db_url, "orphan")[0][1] is None)
+    # then the message is delivered again, marked redelivered, and the dead row is gone
+    again = queue(rescuer.default_channel).get()
+    assert again.payload == {"n": 1} and again.delivery_info["redelivered"] is True
+    assert sql(db_url, "SELECT id FROM pgjobs_broker_consumer WHERE id = %(id)s",
+               {"id": holder.transport.consumer_id}) == []
+
+
+def test_a_live_consumer_keeps_its_messages_beyond_the_visibility_timeout(
+        connect: Connect, db_url: str) -> None:
+    # given a consumer with a 1-second visibility timeout holding a message
+    holder = connect(visibility_timeout=1, heartbeat_interval=0.1)
+    queue = Queue("long")
+    publish(holder, queue, {"n": 1})
+    assert queue(holder.default_channel).get() is not None
+    [(first_expiry,)] = sql(db_url, "SELECT expires_at FROM pgjobs_broker_consumer")
+    # when well over the timeout passes while it keeps beating
+    wait_until(lambda: sql(db_url, "SELECT now() > %(t)s + interval '2 seconds'",
+                           {"t": first_expiry})[0][0])
+    other = connect()
+    other.transport.store.rescue()
+    # then its lease was renewed and nobody else can take the message
+    [(renewed,)] = sql(db_url, "SELECT expires_at FROM pgjobs_broker_consumer WHERE id = %(id)s",
+                       {"id": holder.transport.consumer_id})
+    assert renewed > first_expiry + timedelta(seconds=1)
+    assert queue(other.default_channel).get() is None
+    assert rows(db_url, "long")[0][1] == holder.transport.consumer_id
+
+
+@pytest.mark.parametrize("payload", ["not json", '{"body": "x"}', '[1, 2]'])
+def test_a_malformed_row_is_dead_lettered_and_the_queue_keeps_flowing(
+        connect: Connect, db_url: str, payload: str, caplog: pytest.LogCaptureFixture) -> None:
+    # given a malformed row ahead of a good message
+    conn = connect()
+    queue = Queue("mixed")
+    queue(conn.default_channel).declare()
+    sql(db_url, "INSERT INTO pgjobs_broker_message (queue, payload) VALUES ('mixed', %(p)s)",
+        {"p": payload})
+    publish(conn, queue, {"good": True})
+    # when the queue is consumed
+    received = collect(conn, [queue], 1)
+    # then the good message arrives and the bad one is dead-lettered with a log line
+    assert [m.payload for m in received] == [{"good": True}]
+    [(reason,)] = sql(db_url, "SELECT reason FROM pgjobs_broker_dead_letter")
+    assert reason.startswith("malformed: ")
+    assert "malformed" in caplog.text
+
+
+def test_concurrent_consumers_never_receive_the_same_message(
+        connect: Connect, db_url: str) -> None:
+    # given 200 messages and two consumers on separate connections
+    producer = connect()
+    queue = Queue("shared")
+    for n in range(200):
+        publish(producer, queue, {"n": n})
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def consume(conn: Connection) -> None:
+        def on_message(body: Any, message: Any) -> None:
+            with lock:
+                seen.append(body["n"])
+            message.ack()
+
+        conn.default_channel.basic_qos(0, 10, False)
+        with Consumer(conn, [queue], callbacks=[on_message]):
+            deadline = time.monotonic() + 20
+            while len(seen) < 200 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+
+    # when both drain the queue at the same time
+    threads = [threading.Thread(target=consume, args=(connect(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # then every message was received exactly once
+    assert sorted(seen) == list(range(200))
+
+
+def test_a_claim_takes_no_more_than_the_prefetch_window(connect: Connect, db_url: str) -> None:
+    # given five waiting messages and a consumer with prefetch 2
+    conn = connect()
+    queue = Queue("window")
+    for n in range(5):
+        publish(conn, queue, {"n": n})
+    received = []
+    conn.default_channel.basic_qos(0, 2, False)
+    with Consumer(conn, [queue], callbacks=[lambda body, message: received.append(body)]):
+        # when it drains without acknowledging
+        conn.drain_events(timeout=2)
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.5)
+    # then it holds exactly two
+    assert len(received) == 2
+    held = [row for row in rows(db_url, "window") if row[1] is not None]
+    assert len(held) == 2
+
+
+def test_a_no_ack_consumer_removes_messages_as_they_are_delivered(
+        connect: Connect, db_url: str) -> None:
+    conn = connect()
+    queue = Queue("fire-and-forget")
+    publish(conn, queue, {"n": 1})
+    assert len(collect(conn, [queue], 1, ack=False, no_ack=True)) == 1
+    assert rows(db_url, "fire-and-forget") == []
+
+
+def test_an_auto_delete_queue_goes_when_its_consumer_dies(connect: Connect, db_url: str) -> None:
+    # given an auto-delete queue bound to a fanout exchange, consumed by a consumer that dies
+    owner = connect()
+    exchange = Exchange("broadcast", "fanout")
+    queue = Queue("replies", exchange, auto_delete=True)
+    with Consumer(owner, [queue]):
+        publish(owner, queue, {"n": 1})
+        kill_heartbeat(owner, db_url)
+        # when another consumer's heartbeat sweeps for dead consumers
+        survivor = connect()
+        survivor.transport.start_consuming("elsewhere")
+        wait_until(lambda: not sql(db_url, "SELECT 1 FROM pgjobs_broker_queue "
+                                            "WHERE name = 'replies'"))
+    # then its queue, binding and messages are gone, and broadcasts no longer reach it
+    assert sql(db_url, "SELECT queue FROM pgjobs_broker_binding") == []
+    survivor.Producer().publish({"n": 2}, exchange=exchange, routing_key="")
+    assert rows(db_url, "replies") == []
+
+
+def test_an_auto_delete_queue_goes_when_its_consumer_cancels(
+        connect: Connect, db_url: str) -> None:
+    conn = connect()
+    queue = Queue("transient", Exchange("transient-x", "direct"), "t", auto_delete=True)
+    with Consumer(conn, [queue]):
+        assert sql(db_url, "SELECT name FROM pgjobs_broker_queue") == [("transient",)]
+    assert sql(db_url, "SELECT name FROM pgjobs_broker_queue") == []
+    assert sql(db_url, "SELECT queue FROM pgjobs_broker_binding") == []
+
+
+def test_deleting_a_queue_removes_its_bindings(connect: Connect, db_url: str) -> None:
+    # given a bound queue, deleted
+    conn = connect()
+    exchange = Exchange("x-del", "direct")
+    queue = Queue("q-del", exchange, "rk")
+    queue(conn.default_channel).declare()
+    queue(conn.default_channel).delete()
+    # when a message is published through its old binding
+    conn.Producer().publish({"n": 1}, exchange=exchange, routing_key="rk")
+    # then no copy is stored anywhere
+    assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_message") == [(0,)]
+
+
+def test_a_message_is_woken_through_the_event_loop(connect: Connect) -> None:
+    # given a consumer registered with kombu's event loop, as Celery's worker does
+    from kombu.asynchronous import Hub
+
+    consumer_conn, producer_conn = connect(polling_interval=30), connect()
+    queue = Queue("looped")
+    queue(producer_conn.default_channel).declare()
+    hub = Hub()
+    received: list[Any] = []
+    try:
+        consumer_conn.transport.register_with_event_loop(consumer_conn.connection, hub)
+        with Consumer(consumer_conn, [queue], callbacks=[lambda b, m: received.append(b)]):
+            loop = hub.create_loop()
+            next(loop)
+            # when a message is published (polling is 30 s away: only NOTIFY can wake it)
+            publish(producer_conn, queue, {"n": 1})
+            deadline = time.monotonic() + 10
+            while not received and time.monotonic() < deadline:
+                next(loop)
+        # then the loop delivers it
+        assert received == [{"n": 1}]
+    finally:
+        consumer_conn.release()
+        hub.close()
+
+
+def test_options_are_validated_with_one_line_naming_the_option(db_url: str) -> None:
+    with pytest.raises(ValueError, match="visibility_timeout must be a number"):
+        _ = Connection(db_url, transport=PG_TRANSPORT,
+                       transport_options={"visibility_timeout": "soon"}).transport
+
+
+def test_the_password_never_appears_in_the_displayed_url() -> None:
+    conn = Connection("postgresql://app:s3cret@db.example:5432/jobs", transport=PG_TRANSPORT)
+    assert "s3cret" not in conn.as_uri()
+    assert conn.as_uri() == "postgresql://app:**@db.example:5432/jobs"
+
+
+def test_a_database_without_the_broker_tables_says_how_to_fix_it(db_url: str) -> None:
+    sql(db_url, "DROP TABLE pgjobs_broker_message CASCADE")
+    conn = Connection(db_url, transport=PG_TRANSPORT)
+    try:
+        with pytest.raises(OperationalError, match="run `pgjobs migrate`"):
+            conn.ensure_connection(max_retries=0)
+    finally:
+        conn.release()
