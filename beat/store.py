@@ -104,7 +104,8 @@ def _schedule_row(session: Session, schedule: CronSpec | IntervalSpec | ClockedS
 
 
 def _require(names: list[str], found: Iterable[str]) -> list[str]:
-    missing = [name for name in names if name not in set(found)]
+    found = set(found)
+    missing = [name for name in names if name not in found]
     if missing:
         raise UnknownEntry(f"no schedule entry named {missing[0]!r}; "
                            "see `pgjobs schedule list`")

@@ -25,7 +25,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def rows(db_url: str, statement: str, params: dict | None = None) -> list[tuple]:
     with psycopg.connect(db_url, autocommit=True) as connection:
-        return connection.execute(statement, params or {}).fetchall()
+        cursor = connection.execute(statement, params or {})
+        return cursor.fetchall() if cursor.description else []
 
 
 def ticks(db_url: str, entry: str | None = None) -> list[tuple]:
