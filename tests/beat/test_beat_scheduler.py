@@ -1,0 +1,125 @@
+"""Integration: a leading scheduler over a real database, driven pass by pass.
+
+Each ``tick()`` is one pass of ``celery beat``'s loop, which runs at least every
+``beat_max_loop_interval`` (5 s), so "seen on the next pass" is "seen within the interval".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from beat_helpers import drain, rows, ticks, utc
+from click.testing import CliRunner
+
+from beat.cli import schedule
+
+QUEUE = "beat-scheduler"
+CREATED = datetime.now(UTC)
+
+
+def invoke(*args: str) -> None:
+    result = CliRunner().invoke(schedule, list(args))
+    assert result.exit_code == 0, result.output
+
+
+def add(name: str, *how: str) -> None:
+    invoke("add", name, "--task", "beat_test.record", "--queue", QUEUE, *how)
+
+
+@pytest.fixture
+def leader(make_scheduler, app_db: str):
+    """A scheduler that leads, with its clock one hour ahead so interval entries are due."""
+    scheduler = make_scheduler("beat-leader")
+    scheduler.clock = lambda: CREATED + timedelta(hours=1)
+    scheduler.tick()
+    assert scheduler.is_leader
+    return scheduler
+
+
+def names(scheduler) -> set[str]:
+    return set(scheduler.schedule) - {"delete_old_data"}
+
+
+def test_runtime_edits_are_picked_up_on_the_next_pass(leader, app_db: str) -> None:
+    # Given a running leader; when entries are added, it sees them on its next pass
+    add("a", "--every", "60")
+    add("b", "--every", "60")
+    wait = leader.tick()
+    assert names(leader) == {"a", "b"}
+    assert wait <= leader.max_interval == 5
+    # ... a bulk pause of both is seen too (the CLI bumps the change marker itself)
+    invoke("pause", "a", "b")
+    leader.tick()
+    assert names(leader) == set()
+    # ... as are a resume and a removal
+    invoke("resume", "a")
+    leader.tick()
+    assert names(leader) == {"a"}
+    invoke("remove", "a")
+    leader.tick()
+    assert names(leader) == set()
+
+
+def test_edit_of_an_entry_schedule_is_applied(leader, app_db: str) -> None:
+    add("c", "--every", "60")
+    leader.tick()
+    rows(app_db, "UPDATE celery_intervalschedule SET every = 7")
+    rows(app_db, "UPDATE celery_periodictaskchanged SET last_update = clock_timestamp()")
+    leader.tick()
+    assert leader.schedule["c"].slots.every == timedelta(seconds=7)
+
+
+def test_a_due_entry_is_sent_once_and_its_progress_persisted(leader, app_db: str) -> None:
+    from config.celery import app
+
+    # Given an hourly-due entry an hour and a bit overdue (60 missed minutes)
+    add("d", "--every", "60")
+    # When the leader passes twice at the same instant
+    leader.tick()
+    leader.tick()
+    # Then one tick was claimed and sent, for the latest slot, and last_run_at persisted
+    fired = ticks(app_db, "d")
+    assert len(fired) == 1 and fired[0][4] is not None
+    assert rows(app_db, "SELECT last_run_at, total_run_count FROM celery_periodictask "
+                "WHERE name = 'd'") == [(fired[0][1], 1)]
+    assert [m["id"] for m in drain(app, QUEUE)] == [fired[0][2]]
+
+
+def test_a_tick_claimed_elsewhere_is_not_sent_again(make_scheduler, app_db: str) -> None:
+    from config.celery import app
+
+    # Given a daily entry and a tick for today's slot already claimed by another leader
+    add("e", "--cron", "0 4 * * *", "--timezone", "UTC")
+    slot = (CREATED + timedelta(days=1)).replace(hour=4, minute=0, second=0, microsecond=0)
+    rows(app_db, "INSERT INTO pgjobs_beat_tick (entry_name, due_at, task_id, leader, sent_at) "
+         "VALUES ('e', %(slot)s, 'earlier', 'beat-old', now())", {"slot": slot})
+
+    # When a leader that does not know about it passes after the slot
+    scheduler = make_scheduler("beat-new")
+    scheduler.clock = lambda: slot + timedelta(seconds=3)
+    scheduler.tick()
+
+    # Then it sends nothing for that slot and moves on to the next one
+    assert [row[3] for row in ticks(app_db, "e")] == ["beat-old"]
+    assert drain(app, QUEUE, idle=1.0) == []
+    assert scheduler.schedule["e"].next_run() == slot + timedelta(days=1)
+
+
+@pytest.mark.parametrize(("catch_up", "sent"), [("once", 1), ("skip", 0)])
+def test_downtime_over_several_due_times(make_scheduler, app_db: str, catch_up, sent) -> None:
+    # Given a daily 04:00 entry that last ran three days before beat comes back
+    add("f", "--cron", "0 4 * * *", "--timezone", "UTC", "--catch-up", catch_up)
+    rows(app_db, "UPDATE celery_periodictask SET last_run_at = %(t)s, total_run_count = 1 "
+         "WHERE name = 'f'", {"t": utc(2030, 6, 1, 4)})
+    scheduler = make_scheduler()
+    scheduler.clock = lambda: utc(2030, 6, 4, 9)
+
+    # When it passes
+    scheduler.tick()
+    scheduler.tick()
+
+    # Then the entry fired once (catch_up=once) or not at all (skip), and counts from today
+    assert len(ticks(app_db, "f")) == sent
+    assert rows(app_db, "SELECT last_run_at FROM celery_periodictask WHERE name = 'f'") == [
+        (utc(2030, 6, 4, 4),)]
