@@ -13,6 +13,8 @@ from beat_helpers import drain, rows, ticks, utc
 from click.testing import CliRunner
 
 from beat.cli import schedule
+from beat.ticks import Tick
+from config.urls import sqlalchemy_url
 
 QUEUE = "beat-scheduler"
 CREATED = datetime.now(UTC)
@@ -70,9 +72,9 @@ def test_edit_of_an_entry_schedule_is_applied(leader, app_db: str) -> None:
     assert leader.schedule["c"].slots.every == timedelta(seconds=7)
 
 
-def test_a_due_entry_is_sent_once_and_its_progress_persisted(leader, app_db: str) -> None:
-    from config.celery import app
-
+def test_a_due_entry_is_sent_once_and_its_progress_persisted(
+        any_transport, leader, app_db: str) -> None:
+    app = any_transport
     # Given an hourly-due entry an hour and a bit overdue (60 missed minutes)
     add("d", "--every", "60")
     # When the leader passes twice at the same instant
@@ -123,3 +125,65 @@ def test_downtime_over_several_due_times(make_scheduler, app_db: str, catch_up, 
     assert len(ticks(app_db, "f")) == sent
     assert rows(app_db, "SELECT last_run_at FROM celery_periodictask WHERE name = 'f'") == [
         (utc(2030, 6, 4, 4),)]
+
+
+_BROKER_KEYS = ("broker_url", "broker_transport", "broker_transport_options")
+
+
+def _use_transport(app, db_url: str, transport: str) -> None:
+    if transport == "pgjobs":
+        app.conf.update(broker_url=db_url, broker_transport="broker.transport:Transport")
+    else:  # kombu's own SQLAlchemy transport: publishing can't join our transaction
+        app.conf.update(broker_url="sqla+" + sqlalchemy_url(db_url), broker_transport=None,
+                        broker_transport_options={})
+    app._after_fork()
+
+
+@pytest.fixture(params=["pgjobs", "sqla"])
+def any_transport(request, app_db: str):
+    """The app publishing through either transport, whatever config says."""
+    from config.celery import app
+
+    saved = {key: app.conf[key] for key in _BROKER_KEYS}
+    _use_transport(app, app_db, request.param)
+    yield app
+    app.conf.update(saved)
+    app._after_fork()
+
+
+@pytest.fixture
+def pgjobs_transport(app_db: str):
+    """The app publishing through pgjobs' PostgreSQL transport, whatever config says."""
+    from config.celery import app
+
+    saved = {key: app.conf[key] for key in _BROKER_KEYS}
+    _use_transport(app, app_db, "pgjobs")
+    yield app
+    app.conf.update(saved)
+    app._after_fork()
+
+
+def test_with_pgjobs_transport_tick_and_message_commit_together(
+        make_scheduler, pgjobs_transport, app_db: str) -> None:
+    # Given a leader publishing through pgjobs' transport, and a due entry
+    add("g", "--every", "60")
+    scheduler = make_scheduler()
+    scheduler.clock = lambda: CREATED + timedelta(hours=1)
+
+    # When it passes, the tick and its message are committed in one transaction
+    scheduler.tick()
+    (fired,) = ticks(app_db, "g")
+    assert [m["id"] for m in drain(pgjobs_transport, QUEUE)] == [fired[2]]
+
+    # ... and a claim whose transaction fails after publishing leaves neither behind
+    entry = scheduler.schedule["g"]
+    tick = Tick("g", fired[1] + timedelta(minutes=1), "never-committed", fired[1])
+
+    def publish_then_fail() -> None:
+        scheduler._send(entry, tick)
+        raise RuntimeError("the claiming transaction fails after the publish")
+
+    with pytest.raises(RuntimeError):
+        scheduler._ledger.fire(tick, publish_then_fail)
+    assert len(ticks(app_db, "g")) == 1
+    assert drain(pgjobs_transport, QUEUE, idle=1.0) == []
