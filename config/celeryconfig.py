@@ -12,8 +12,12 @@ from config.urls import sqlalchemy_url
 
 
 def broker_options(database_url: str, settings: Settings) -> dict[str, Any]:
-    """The broker: kombu's SQLAlchemy transport on the same database."""
-    return {"broker_url": "sqla+" + sqlalchemy_url(database_url)}
+    """The broker: pgjobs' PostgreSQL transport (``broker/``) on the same database."""
+    return {
+        "broker_url": database_url,
+        "broker_transport": "broker.transport:Transport",
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
