@@ -25,9 +25,22 @@ from config.settings import SettingsError, get_settings
 from config.urls import sqlalchemy_url
 
 
+class _OneLineCommand(click.Command):
+    """Usage mistakes print one line (``Error: ...``) instead of the usage banner."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # noqa: ANN001
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as error:
+            raise click.ClickException(error.format_message()) from None
+
+
 @click.group()
 def schedule() -> None:
     """Inspect and edit the recurring schedule stored in PostgreSQL."""
+
+
+schedule.command_class = _OneLineCommand
 
 
 @contextmanager

@@ -62,6 +62,7 @@ class Leadership:
         self._connection: sa.Connection | None = None
         self.leading = False
         self._standby_logged = False
+        self._unreachable_logged = False
 
     @property
     def connection(self) -> sa.Connection:
@@ -75,13 +76,8 @@ class Leadership:
         try:
             return self._still_leading() if self.leading else self._try_take()
         except SQLAlchemyError as error:
-            self._drop(f"database connection failed: {_one_line(error)}")
+            self._unreachable(_one_line(error))
             return False
-
-    def ensure(self) -> None:
-        """Raise :class:`LostLeadership` unless this process still leads."""
-        if not self.confirm():
-            raise LostLeadership("lost the beat leader lock")
 
     def lost(self, reason: str) -> None:
         """Step down after a failure seen elsewhere on the lock connection."""
@@ -99,6 +95,7 @@ class Leadership:
         connection = self._open()
         taken = bool(connection.scalar(queries.TRY_LOCK, LOCK_KEYS))
         connection.commit()
+        self._unreachable_logged = False
         if taken:
             self.leading, self._standby_logged = True, False
             logger.warning("beat: %s is now the leader and dispatches the schedule",
@@ -122,6 +119,13 @@ class Leadership:
         if self._connection is None or self._connection.closed:
             self._connection = self._engine.connect()
         return self._connection
+
+    def _unreachable(self, reason: str) -> None:
+        if not self.leading and not self._unreachable_logged:
+            logger.warning("beat: %s cannot reach the database (%s); retrying every second",
+                           self.identity, reason)
+            self._unreachable_logged = True
+        self._drop(f"database connection failed: {reason}")
 
     def _drop(self, reason: str) -> None:
         if self.leading:

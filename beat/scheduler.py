@@ -157,8 +157,18 @@ class Scheduler(beat.Scheduler):
         self._maybe_prune()
         wait = float(self.max_interval)
         for entry in list(self.get_schedule().values()):
-            wait = min(wait, self._handle(entry))
+            wait = min(wait, self._handle_safely(entry))
         return max(wait, 0.0)
+
+    def _handle_safely(self, entry: Entry) -> float:
+        try:
+            return self._handle(entry)
+        except (LostLeadership, SQLAlchemyError):
+            raise
+        except Exception:  # one broken entry must not stop the others
+            logger.exception("beat: cannot schedule %r; trying again in %s s", entry.name,
+                             self.max_interval)
+            return float(self.max_interval)
 
     def _handle(self, entry: Entry) -> float:
         decision = entry.plan(self.clock(), deadline=self.app.conf.beat_cron_starting_deadline)
