@@ -71,6 +71,11 @@ class Channel(virtual.Channel):
         self.pending = True
         self._no_ack_queues: set[str] = set()
 
+    def close(self) -> None:
+        if self.connection is not None and self.connection.forked:
+            self.do_restore = False  # the messages belong to the parent process's consumer
+        super().close()
+
     # -- consuming ------------------------------------------------------------------------
 
     def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str,

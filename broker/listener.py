@@ -9,12 +9,14 @@ it was down are gone.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import psycopg
 
 from broker.messages import wake_channel
 from broker.queries import composed
+from broker.store import INHERITED as _INHERITED
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class Listener:
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._lost = False
+        self._pid = os.getpid()
 
     @property
     def connected(self) -> bool:
@@ -61,6 +64,7 @@ class Listener:
         if self.connected or time.monotonic() < self._next_attempt:
             return False
         try:
+            self._pid = os.getpid()
             self._conn = psycopg.connect(self._conninfo, autocommit=True,
                                          connect_timeout=max(1, int(self._connect_timeout)),
                                          application_name="pgjobs-broker-listen")
@@ -101,11 +105,15 @@ class Listener:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:
-                pass
+        if conn is None:
+            return
+        if os.getpid() != self._pid:
+            _INHERITED.append(conn)  # closing would end the parent's session too
+            return
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
 
     def _run(self, name: str, channel: str) -> None:
         if not self.connected:

@@ -23,7 +23,7 @@ from broker.queries import query
 
 # Connections inherited through fork() must never be closed by the child: closing sends the
 # server a Terminate that would end the parent's session too.
-_INHERITED: list[psycopg.Connection] = []
+INHERITED: list[psycopg.Connection] = []
 
 
 class SchemaMissing(Exception):
@@ -58,7 +58,7 @@ class Store:
         if conn is None:
             return
         if self._pid != os.getpid():
-            _INHERITED.append(conn)
+            INHERITED.append(conn)
             return
         try:
             conn.close()

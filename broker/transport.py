@@ -45,6 +45,7 @@ the queue, delayed ETA ones included, held ones excluded; ``purge`` deletes thos
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
@@ -126,6 +127,7 @@ class Transport(virtual.Transport):
         self._loop: Any = None
         self._watched_fd: int | None = None
         self._timers: list[Any] = []
+        self._pid = os.getpid()
 
     def driver_version(self) -> str:
         return psycopg.__version__
@@ -144,7 +146,18 @@ class Transport(virtual.Transport):
             raise
         return super().establish_connection()
 
+    @property
+    def forked(self) -> bool:
+        """True in a child process that inherited this connection through fork()."""
+        return os.getpid() != self._pid
+
     def close_connection(self, connection: Any) -> None:
+        if self.forked:
+            # A forked child (e.g. a prefork pool process) closing its parent's connection:
+            # the consumer, its leases and its sessions belong to the parent.
+            self.listener.close()
+            self.store.close()
+            return
         self._unwatch()
         if self.heartbeat is not None:
             self.heartbeat.stop()
@@ -169,7 +182,7 @@ class Transport(virtual.Transport):
         self.listener.add(queue)
 
     def stop_consuming(self, queue: str) -> None:
-        if any(queue in channel._active_queues for channel in self.channels):
+        if self.forked or any(queue in channel._active_queues for channel in self.channels):
             return
         try:
             self.store.disown_queue(queue, self.consumer_id)

@@ -97,3 +97,27 @@ def test_a_consumer_connection_error_is_a_kombu_connection_error(
         consumer.transport.claim(["broken"], 1)
     # and the next claim works on a fresh session
     assert consumer.transport.claim(["broken"], 1) == []
+
+
+def test_a_forked_child_closing_the_connection_leaves_the_parents_consumer_alone(
+        db_url: str, conns: list[Connection]) -> None:
+    # given a consumer holding a message, as a worker's main process does before forking
+    import os
+
+    parent = connect(db_url, conns)
+    queue = Queue("forked")
+    queue(parent.default_channel).declare()
+    parent.Producer().publish({"n": 1}, routing_key="forked")
+    assert queue(parent.default_channel).get() is not None
+    # when a forked child closes its inherited copy of the connection and exits
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            parent.release()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    # then the parent still holds its message, and its sessions still work
+    held = sql(db_url, "SELECT consumer FROM pgjobs_broker_message")
+    assert held == [(parent.transport.consumer_id,)]
+    assert parent.transport.claim(["forked"], 1) == []
