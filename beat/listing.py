@@ -70,7 +70,7 @@ def _when(moment: datetime | None, zone: ZoneInfo) -> str:
 
 def _next_run(task: PeriodicTask, now: datetime, zone: ZoneInfo) -> str:
     if not task.enabled:
-        return "paused"
+        return "done" if task.one_off and task.total_run_count else "paused"
     try:
         slots = slots_for(task.schedule)
     except Exception:  # a broken row is shown, not fatal

@@ -116,11 +116,12 @@ class CronSlots:
         return due
 
     def count(self, due: datetime, latest: datetime) -> int:
-        seen, slot = 0, due
-        while slot is not None and slot <= latest and seen < _COUNT_CAP:
-            seen += 1
-            slot = self.first_after(slot)
-        return seen
+        seen, day = 0, due.astimezone(self.zone).date()
+        last_day = latest.astimezone(self.zone).date()
+        while day <= last_day and seen < _COUNT_CAP:
+            seen += sum(1 for slot in self.on_day(day) if due <= slot <= latest)
+            day += timedelta(days=1)
+        return min(seen, _COUNT_CAP)
 
     def _days(self, first: date, days: int) -> list[datetime]:
         return [s for n in range(days) for s in self.on_day(first + timedelta(days=n))]

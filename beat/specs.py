@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery import schedules
@@ -135,6 +135,3 @@ def parse_json(option: str, text: str, kind: type) -> list | dict:
         raise SpecError(f"{option} must be {expected}")
     return value
 
-
-def interval_of(every: timedelta) -> IntervalSpec:
-    return IntervalSpec(int(every.total_seconds()))

@@ -127,6 +127,22 @@ def test_downtime_over_several_due_times(make_scheduler, app_db: str, catch_up, 
         (utc(2030, 6, 4, 4),)]
 
 
+
+def test_a_one_off_entry_runs_once_then_is_done(leader, app_db: str) -> None:
+    # Given an entry for one minute from now, and a leader whose clock is an hour ahead
+    at = (CREATED + timedelta(minutes=1)).isoformat()
+    add("once", "--at", at)
+    # When it passes several times
+    for _ in range(3):
+        leader.tick()
+    # Then it ran once and is disabled, shown as done
+    assert len(ticks(app_db, "once")) == 1
+    assert rows(app_db, "SELECT enabled, total_run_count FROM celery_periodictask "
+                "WHERE name = 'once'") == [(False, 1)]
+    listed = CliRunner().invoke(schedule, ["list"]).output
+    assert [line.split()[-1] for line in listed.splitlines() if line.startswith("once")] == [
+        "done"]
+
 _BROKER_KEYS = ("broker_url", "broker_transport", "broker_transport_options")
 
 

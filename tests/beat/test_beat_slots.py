@@ -134,3 +134,13 @@ def test_one_off_missed_during_downtime_runs_once_or_is_skipped() -> None:
     assert plan(slots, utc(1970, 1, 1), now, catch_up="once", grace=GRACE).action == "fire"
     assert plan(slots, utc(1970, 1, 1), now, catch_up="skip", grace=GRACE).action == "skip"
     assert plan(slots, utc(2026, 6, 1, 12), now, grace=GRACE).action == "wait"
+
+
+def test_days_down_with_an_every_minute_crontab_fire_once() -> None:
+    # Given an every-minute entry, down for five days across the spring transition
+    slots = CronSlots(crontab(), PARIS)
+    last = utc(2026, 3, 26, 12)
+    decision = plan(slots, last, last + timedelta(days=5), grace=GRACE)
+    # Then one run stands for every real minute missed (the skipped wall hour adds none)
+    assert (decision.action, decision.missed) == ("fire", 5 * 1440)
+    assert decision.due_at == last + timedelta(days=5)
