@@ -2,7 +2,8 @@
 
 Every ``interval`` seconds it renews the consumer's row (one UPDATE, however many messages the
 consumer holds: that row is the lease of all of them) and rescues the messages of consumers
-whose heartbeat is older than their visibility timeout. It has its own connection, so a task
+whose heartbeat is older than their visibility timeout, and lets due ETA messages into
+their queues. It has its own connection, so a task
 running in the consuming thread (solo pool, long ETA wait) never lets the leases lapse.
 """
 
@@ -53,6 +54,7 @@ class Heartbeat:
         try:
             lapsed = self.store.beat(self.consumer, self.hostname, self.visibility_timeout)
             self.store.rescue()
+            self.store.promote()
         except psycopg.Error as exc:
             self._on_error(exc)
             return

@@ -63,7 +63,7 @@ WITH wanted AS (
     CROSS JOIN LATERAL (
         SELECT id, priority
         FROM pgjobs_broker_message
-        WHERE queue = w.queue AND consumer IS NULL
+        WHERE queue = w.queue AND consumer IS NULL AND NOT delayed
           AND visible_at <= COALESCE(%(now)s::timestamptz, statement_timestamp())
         ORDER BY priority DESC, id
         LIMIT %(limit)s
@@ -96,17 +96,36 @@ WITH target AS (
           ELSE b.routing_key = %(routing_key)s::text
       END
 ), inserted AS (
-    INSERT INTO pgjobs_broker_message (queue, priority, visible_at, payload)
+    INSERT INTO pgjobs_broker_message (queue, priority, visible_at, delayed, payload)
     SELECT queue, %(priority)s,
-           COALESCE(%(visible_at)s::timestamptz, statement_timestamp()), %(payload)s
+           COALESCE(%(visible_at)s::timestamptz, statement_timestamp()),
+           COALESCE(%(visible_at)s::timestamptz > statement_timestamp(), false),
+           %(payload)s
     FROM target
-    RETURNING queue, visible_at
+    RETURNING queue, delayed
 )
 SELECT
     (SELECT count(*) FROM inserted),
     (SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
-     FROM (SELECT DISTINCT queue FROM inserted
-           WHERE visible_at <= statement_timestamp()) AS ready);
+     FROM (SELECT DISTINCT queue FROM inserted WHERE NOT delayed) AS ready);
+
+-- name: promote
+-- Delayed (ETA) messages whose time has come join their queue's ready rows; their queues
+-- are woken. Run by every consumer each polling interval; SKIP LOCKED keeps them apart.
+WITH due AS (
+    SELECT id FROM pgjobs_broker_message
+    WHERE delayed AND visible_at <= COALESCE(%(now)s::timestamptz, statement_timestamp())
+    ORDER BY visible_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), promoted AS (
+    UPDATE pgjobs_broker_message m SET delayed = false FROM due WHERE m.id = due.id
+    RETURNING m.queue
+)
+SELECT
+    (SELECT count(*) FROM promoted),
+    (SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
+     FROM (SELECT DISTINCT queue FROM promoted) AS woken);
 
 -- name: ack
 DELETE FROM pgjobs_broker_message WHERE id = ANY(%(ids)s::bigint[]);

@@ -25,15 +25,21 @@ CREATE TABLE pgjobs_broker_message (
     priority smallint NOT NULL DEFAULT 0,
     -- Not handed out before this time: publish time, or a Celery ETA minus the look-ahead.
     visible_at timestamptz NOT NULL DEFAULT now(),
+    -- True while visible_at lies ahead (a Celery ETA): such rows stay out of the claim index
+    -- until a consumer's periodic promotion finds them due, so a million scheduled messages
+    -- never slow down claiming the ready ones.
+    delayed boolean NOT NULL DEFAULT false,
     -- The consumer holding the message; NULL while it waits in its queue.
     consumer uuid REFERENCES pgjobs_broker_consumer (id) ON DELETE SET NULL,
     deliveries integer NOT NULL DEFAULT 0,
     payload text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
--- Matches the claim exactly: one queue, waiting rows, ORDER BY priority DESC, id.
+-- Matches the claim exactly: one queue, ready rows, ORDER BY priority DESC, id.
 CREATE INDEX pgjobs_broker_message_ready ON pgjobs_broker_message (queue, priority DESC, id)
-    INCLUDE (visible_at) WHERE consumer IS NULL;
+    INCLUDE (visible_at) WHERE consumer IS NULL AND NOT delayed;
+CREATE INDEX pgjobs_broker_message_delayed ON pgjobs_broker_message (visible_at)
+    WHERE delayed;
 CREATE INDEX pgjobs_broker_message_held ON pgjobs_broker_message (consumer)
     WHERE consumer IS NOT NULL;
 

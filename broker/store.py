@@ -121,6 +121,10 @@ class Store:
         rows.sort(key=lambda row: (row[4], -row[5], row[0]))
         return [Claimed(id=r[0], queue=r[1], deliveries=r[2], payload=r[3]) for r in rows]
 
+    def promote(self, now: datetime | None = None, limit: int = 1000) -> int:
+        """Make delayed (ETA) messages that are due claimable; returns how many."""
+        return int(self._one("promote", {"now": now, "limit": limit})[0])
+
     def ack(self, message_ids: Sequence[int]) -> None:
         """Delete delivered messages."""
         self._execute("ack", {"ids": list(message_ids)})

@@ -29,9 +29,10 @@ Transport options (``broker_transport_options``), with defaults:
     Seconds between safety-net claims when no notification arrives (lost NOTIFY, LISTEN
     connection down, ETA messages becoming due).
 ``eta_lookahead`` (2.0)
-    A message whose Celery ``eta`` lies in the future stays in the table until
-    ``eta - eta_lookahead``; then a worker takes it and waits out the rest in its timer.
-    Keep it above ``polling_interval`` for ETA tasks to start on time.
+    A message whose Celery ``eta`` lies in the future stays in the table, out of the claim
+    index, until ``eta - eta_lookahead``; then a consumer's periodic promotion (every
+    ``polling_interval``) makes it claimable, a worker takes it and waits out the rest in
+    its timer. Keep it above ``polling_interval`` for ETA tasks to start on time.
 ``claim_batch_size`` (100)
     Most messages claimed at once by a consumer without a prefetch limit.
 ``connect_timeout`` (5)
@@ -128,6 +129,7 @@ class Transport(virtual.Transport):
         self._watched_fd: int | None = None
         self._timers: list[Any] = []
         self._pid = os.getpid()
+        self._next_promotion = 0.0
 
     def driver_version(self) -> str:
         return psycopg.__version__
@@ -218,12 +220,20 @@ class Transport(virtual.Transport):
         ``polling_interval`` at a time) until something is, or ``timeout`` passes."""
         deadline = None if timeout is None else monotonic() + timeout
         while True:
+            self._maybe_promote()
             if self._deliver_all(force=True):
                 return
             remaining = self.polling_interval if deadline is None else deadline - monotonic()
             if remaining <= 0:
                 raise TimeoutError()
             self.listener.wait(min(self.polling_interval, remaining))
+
+    def _maybe_promote(self) -> None:
+        """At most once per polling interval, let due ETA messages into their queues."""
+        if self.heartbeat is None or monotonic() < self._next_promotion:
+            return
+        self._next_promotion = monotonic() + self.polling_interval
+        self.store.promote()
 
     def _deliver_all(self, force: bool = False) -> int:
         delivered = 0
@@ -260,6 +270,7 @@ class Transport(virtual.Transport):
 
     def _on_poll(self) -> None:
         self.listener.ensure()
+        self._maybe_promote()
         self._mark_all()
         self._deliver_all()
 

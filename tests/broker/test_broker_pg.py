@@ -145,10 +145,26 @@ def test_an_eta_message_stays_in_the_table_until_shortly_before_it_is_due(
     [(visible_at,)] = sql(db_url, "SELECT visible_at FROM pgjobs_broker_message")
     assert visible_at == eta - timedelta(seconds=2)
     assert queue(conn.default_channel).queue_declare(passive=True).message_count == 1
-    # when time reaches the look-ahead window
-    due = conn.transport.claim(["later"], 10, now=eta - timedelta(seconds=1))
+    # when the periodic promotion runs before, then inside, the look-ahead window
+    store = conn.transport.store
+    assert store.promote(now=eta - timedelta(seconds=3)) == 0
+    assert store.promote(now=eta - timedelta(seconds=1)) == 1
     # then it is handed out
+    due = conn.transport.claim(["later"], 10, now=eta - timedelta(seconds=1))
     assert [row.queue for row in due] == ["later"]
+
+
+def test_a_consumer_receives_an_eta_message_once_it_is_due(connect: Connect) -> None:
+    # given a message due in half a second
+    conn = connect(eta_lookahead=0.1)
+    queue = Queue("soon")
+    eta = datetime.now(UTC) + timedelta(seconds=0.5)
+    publish(conn, queue, {"n": 1}, headers={"eta": eta.isoformat()})
+    # when a consumer waits for it
+    received = collect(conn, [queue], 1)
+    # then it arrives, not before its look-ahead window
+    assert [m.payload for m in received] == [{"n": 1}]
+    assert datetime.now(UTC) >= eta - timedelta(seconds=0.1)
 
 
 def test_an_eta_in_the_past_is_delivered_at_once(connect: Connect) -> None:
