@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from beat_helpers import beat_logs, drain, leader_application, ticks, wait_until
+from beat_helpers import (
+    beat_logs,
+    drain,
+    leader_application,
+    terminate_leader_connection,
+    ticks,
+    wait_until,
+)
 from click.testing import CliRunner
 
 from beat.cli import schedule
@@ -39,6 +47,13 @@ def _kill_leader_after_ticks(db_url: str, more: int) -> str:
     return leader
 
 
+def _next_leader(db_url: str, gone: list[str]) -> float:
+    """Wait for a leader other than ``gone``; seconds it took (printed, not asserted)."""
+    started = time.monotonic()
+    wait_until(lambda: leader_application(db_url) not in (None, *gone), 15, "a new leader")
+    return time.monotonic() - started
+
+
 def test_every_tick_is_sent_exactly_once_while_leaders_are_killed(
         app_db: str, beat_processes, tmp_path: Path) -> None:
     from config.celery import app
@@ -52,9 +67,9 @@ def test_every_tick_is_sent_exactly_once_while_leaders_are_killed(
 
     # When the leader is SIGKILLed twice, each time after a few ticks
     killed = [_kill_leader_after_ticks(app_db, 3)]
-    wait_until(lambda: leader_application(app_db) not in (None, *killed), 15, "a new leader")
+    takeovers = [_next_leader(app_db, killed)]
     killed.append(_kill_leader_after_ticks(app_db, 3))
-    wait_until(lambda: leader_application(app_db) not in (None, *killed), 15, "a third leader")
+    takeovers.append(_next_leader(app_db, killed))
     seen = len(ticks(app_db))
     wait_until(lambda: len(ticks(app_db)) >= seen + 3, 30, "ticks from the third leader")
     for process in processes:
@@ -68,7 +83,8 @@ def test_every_tick_is_sent_exactly_once_while_leaders_are_killed(
     assert all(row[4] is not None for row in fired), "a tick was claimed but not sent"
     # ... on the entry's two-second grid, with no tick twice and no gap beyond failover
     gaps = [b[1] - a[1] for a, b in zip(fired, fired[1:], strict=False)]
-    print("ticks", len(fired), "gaps (s)", [g.total_seconds() for g in gaps],
+    print("takeover (s)", [round(t, 2) for t in takeovers], "ticks", len(fired),
+          "gaps (s)", [g.total_seconds() for g in gaps],
           "max lateness (s)", max((row[4] - row[1]).total_seconds() for row in fired))
     assert all(gap >= timedelta(seconds=EVERY) for gap in gaps), gaps
     assert all(gap.total_seconds() % EVERY == 0 for gap in gaps), gaps
@@ -80,3 +96,21 @@ def test_every_tick_is_sent_exactly_once_while_leaders_are_killed(
     assert set(ids) == {row[2] for row in fired}
     # ... and every change of leader was logged in one line
     assert beat_logs(tmp_path).count("is now the leader") == 3
+
+
+def test_leader_that_loses_its_connection_hands_over_and_stays_up(
+        app_db: str, beat_processes, tmp_path: Path) -> None:
+    # Given two beat processes
+    processes = [beat_processes() for _ in range(2)]
+    first = wait_until(lambda: leader_application(app_db), 30, "a beat leader")
+    wait_until(lambda: "standing by" in beat_logs(tmp_path), 30, "a standby")
+
+    # When the server terminates the leader's lock connection
+    assert terminate_leader_connection(app_db) == first
+
+    # Then the standby leads within the bound, the old leader says it lost leadership
+    wait_until(lambda: leader_application(app_db) not in (None, first), 10, "a new leader")
+    wait_until(lambda: f"{first} lost leadership" in beat_logs(tmp_path), 15,
+               "the old leader to notice")
+    # ... and it is still running, as a standby
+    assert all(process.poll() is None for process in processes)
