@@ -20,7 +20,15 @@ from sqlalchemy_celery_beat.models import PeriodicTask
 from beat import store
 from beat.listing import table
 from beat.slots import CATCH_UP_CHOICES
-from beat.specs import ClockedSpec, CronSpec, EntrySpec, IntervalSpec, SpecError, parse_json
+from beat.specs import (
+    ClockedSpec,
+    CronSpec,
+    EntrySpec,
+    IntervalSpec,
+    Schedule,
+    SpecError,
+    parse_json,
+)
 from config.settings import SettingsError, get_settings
 from config.urls import sqlalchemy_url
 
@@ -28,7 +36,7 @@ from config.urls import sqlalchemy_url
 class _OneLineCommand(click.Command):
     """Usage mistakes print one line (``Error: ...``) instead of the usage banner."""
 
-    def make_context(self, info_name, args, parent=None, **extra):  # noqa: ANN001
+    def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as error:
@@ -68,10 +76,12 @@ def _message(error: Exception) -> str:
 
 def _first_line(error: SQLAlchemyError) -> str:
     text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    return f"{line}; run `pgjobs migrate`" if "does not exist" in line else line
 
 
-def _schedule_spec(cron: str | None, every: int | None, at: str | None, timezone: str):
+def _schedule_spec(cron: str | None, every: int | None, at: str | None,
+                   timezone: str) -> Schedule:
     if sum(option is not None for option in (cron, every, at)) != 1:
         raise SpecError("give exactly one of --cron, --every or --at")
     if cron is not None:
