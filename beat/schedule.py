@@ -2,6 +2,7 @@
 
 They are inserted by name when missing and never overwritten: an entry an operator paused
 stays paused, an edited time stays edited, a removed one comes back at the next start.
+Celery's ``beat_schedule`` setting is not read: declare pgjobs' entries here.
 """
 
 from __future__ import annotations
