@@ -34,7 +34,7 @@ class QoS(virtual.QoS):
     channel: Channel
 
     def ack(self, delivery_tag: int) -> None:
-        self.channel.store.ack([delivery_tag])
+        self.channel.ack([delivery_tag])
         self._quick_ack(delivery_tag)
 
     def reject(self, delivery_tag: int, requeue: bool = False) -> None:
@@ -70,11 +70,33 @@ class Channel(virtual.Channel):
         self.store = connection.store
         self.pending = True
         self._no_ack_queues: set[str] = set()
+        self._acks: list[int] = []
 
     def close(self) -> None:
         if self.connection is not None and self.connection.forked:
             self.do_restore = False  # the messages belong to the parent process's consumer
+        elif self._acks:
+            try:
+                self.flush_acks()
+            except psycopg.Error as exc:
+                logger.warning("pgjobs broker: %d ack(s) not recorded (%s); those messages "
+                               "will be delivered again", len(self._acks), _first_line(exc))
         super().close()
+
+    # -- acks -----------------------------------------------------------------------------
+
+    def ack(self, tags: list[int]) -> None:
+        """Delete delivered messages. In Celery's event loop the deletes of one loop turn are
+        sent together with the next claim (the next turn), one round trip for both."""
+        if self.connection.batches_acks():
+            self._acks.extend(tags)
+        else:
+            self.store.ack(tags)
+
+    def flush_acks(self) -> None:
+        if self._acks:
+            tags, self._acks = self._acks, []
+            self.store.ack(tags)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -94,23 +116,31 @@ class Channel(virtual.Channel):
             self._no_ack_queues.discard(queue)
             self.connection.stop_consuming(queue)
 
-    def deliver_ready(self) -> int:
+    def deliver_ready(self, batch: bool = False) -> int:
         """Claim as many messages as the prefetch window allows and hand them to their
-        consumers; returns how many were delivered."""
+        consumers; returns how many were delivered. With ``batch``, a window that is still
+        half full waits until it is half empty, so a backlog is claimed several at a time."""
         queues = list(dict.fromkeys(self._active_queues))
         if not queues or not self.qos.can_consume():
             return 0
         limit = self.qos.can_consume_max_estimate() or self.connection.claim_batch_size
-        rows = self.connection.claim(queues, limit)
+        if batch and self._window_half_full(limit):
+            return 0
+        acks, self._acks = self._acks, []
+        rows = self.connection.claim(queues, limit, acks=acks)
         self.pending = len(rows) >= limit
         self._auto_ack([row for row in rows if row.queue in self._no_ack_queues])
         return sum(self._deliver(row) for row in rows)
+
+    def _window_half_full(self, free: int) -> bool:
+        window = self.qos.prefetch_count
+        return bool(window) and free * 2 < window
 
     def _auto_ack(self, rows: list[Claimed]) -> None:
         """Consumers with ``no_ack`` (e.g. remote control) never ack: their messages are
         deleted as they are handed over."""
         if rows:
-            self.store.ack([row.id for row in rows])
+            self.ack([row.id for row in rows])
 
     def _deliver(self, row: Claimed) -> bool:
         payload = self._decode(row)
@@ -135,7 +165,7 @@ class Channel(virtual.Channel):
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         message = super().basic_get(queue, no_ack=no_ack, **kwargs)
         if message is not None and no_ack:
-            self.store.ack([message.delivery_tag])
+            self.ack([message.delivery_tag])
         return message
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:

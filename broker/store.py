@@ -113,11 +113,18 @@ class Store:
         self._execute("consumer_delete", params)
 
     def claim(self, consumer: uuid.UUID, queues: Sequence[str], limit: int,
-              now: datetime | None = None) -> list[Claimed]:
+              now: datetime | None = None, acks: Sequence[int] = ()) -> list[Claimed]:
         """Lease up to ``limit`` visible messages of ``queues`` to ``consumer``, in queue order,
-        then priority (higher first), then publication order."""
+        then priority (higher first), then publication order; first delete the ``acks``, in
+        the same round trip."""
         params = {"consumer": consumer, "queues": list(queues), "limit": limit, "now": now}
-        rows = self._execute("claim", params).fetchall()
+        conn = self.connect()
+        if acks:
+            with conn.pipeline():
+                conn.execute(query("ack"), {"ids": list(acks)})
+                rows = conn.execute(query("claim"), params).fetchall()
+        else:
+            rows = conn.execute(query("claim"), params).fetchall()
         rows.sort(key=lambda row: (row[4], -row[5], row[0]))
         return [Claimed(id=r[0], queue=r[1], deliveries=r[2], payload=r[3]) for r in rows]
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -126,6 +127,7 @@ class Transport(virtual.Transport):
         self.consumer_id = uuid.uuid4()
         self.heartbeat: Heartbeat | None = None
         self._loop: Any = None
+        self._loop_thread = 0
         self._watched_fd: int | None = None
         self._timers: list[Any] = []
         self._pid = os.getpid()
@@ -202,16 +204,21 @@ class Transport(virtual.Transport):
         self.heartbeat.start()
         self.listener.ensure()
 
-    def claim(self, queues: Sequence[str], limit: int,
-              now: datetime | None = None) -> list[Claimed]:
-        """Lease up to ``limit`` messages of ``queues`` to this consumer."""
+    def claim(self, queues: Sequence[str], limit: int, now: datetime | None = None,
+              acks: Sequence[int] = ()) -> list[Claimed]:
+        """Delete ``acks``, then lease up to ``limit`` messages of ``queues`` to this
+        consumer."""
         self._register()
         try:
-            return self.store.claim(self.consumer_id, queues, limit, now)
+            return self.store.claim(self.consumer_id, queues, limit, now, acks)
         except psycopg.errors.ForeignKeyViolation:
             # Our consumer row was rescued away (heartbeat lapsed): register again and retry.
             self.store.beat(self.consumer_id, socket.gethostname(), self.visibility_timeout)
-            return self.store.claim(self.consumer_id, queues, limit, now)
+            return self.store.claim(self.consumer_id, queues, limit, now, acks)
+
+    def batches_acks(self) -> bool:
+        """Acks wait for the next loop turn only on the event loop's own thread."""
+        return self._loop is not None and threading.get_ident() == self._loop_thread
 
     # -- synchronous draining (kombu Connection.drain_events) -----------------------------
 
@@ -237,9 +244,11 @@ class Transport(virtual.Transport):
 
     def _deliver_all(self, force: bool = False) -> int:
         delivered = 0
+        batch = self._loop is not None
         for channel in list(self.channels):
             if force or channel.pending:
-                delivered += channel.deliver_ready()
+                delivered += channel.deliver_ready(batch=batch)
+            channel.flush_acks()
         return delivered
 
     def _mark(self, notified: Iterable[str]) -> None:
@@ -256,6 +265,7 @@ class Transport(virtual.Transport):
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         self._watch()
         loop.on_tick.add(self._on_tick)
         self._timers.append(loop.call_repeatedly(self.polling_interval, self._on_poll))
