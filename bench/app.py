@@ -1,0 +1,96 @@
+"""The Celery app the benchmark's workers run: ``celery -A bench.app worker``.
+
+The same tasks and worker settings serve every broker; only the broker settings differ.
+Tasks report to the benchmark over UDP on localhost (one datagram each), which costs the
+worker a single system call and adds no load to any broker being measured.
+
+Environment it reads (set by ``bench/run.py``):
+- ``BENCH_BROKER``: ``pgjobs``, ``sqla`` or ``redis``.
+- ``BENCH_DATABASE_URL``: ``postgresql://...`` of the benchmark's own database.
+- ``BENCH_REDIS_URL``: ``redis://...`` for the Redis broker.
+- ``BENCH_KEY_PREFIX``: prefix of every Redis key of this run (so they can be removed).
+- ``BENCH_QUEUE``: the queue the tasks go to.
+- ``BENCH_REPORT_TO``: ``host:port`` of the benchmark's UDP socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from celery import Celery
+
+from config.urls import sqlalchemy_url
+
+NOOP = "bench.noop"
+PROBE = "bench.probe"
+BROKERS = ("pgjobs", "sqla", "redis")
+
+
+def broker_settings(broker: str, database_url: str, redis_url: str, prefix: str) -> dict:
+    """Celery's broker settings for ``broker``; each transport keeps its own defaults."""
+    if broker == "pgjobs":
+        return {"broker_url": database_url, "broker_transport": "broker.transport:Transport"}
+    if broker == "sqla":
+        return {"broker_url": "sqla+" + sqlalchemy_url(database_url)}
+    if broker == "redis":
+        return {"broker_url": redis_url,
+                "broker_transport_options": {"global_keyprefix": prefix}}
+    raise ValueError(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
+
+
+def build_app(broker: str, database_url: str, redis_url: str, prefix: str, queue: str) -> Celery:
+    """The benchmark app, with the worker settings pgjobs itself runs with."""
+    app = Celery("bench", set_as_current=False)
+    app.conf.update(
+        broker_settings(broker, database_url, redis_url, prefix),
+        accept_content=["json"],
+        task_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_default_queue=queue,
+        # Same for every broker; kombu's SQLAlchemy transport cannot broadcast.
+        worker_enable_remote_control=False,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+    )
+    app.task(name=NOOP)(_noop)
+    app.task(name=PROBE)(_probe)
+    return app
+
+
+class _Report:
+    """One UDP socket per pool process."""
+
+    sock: socket.socket | None = None
+
+    @classmethod
+    def send(cls, *fields: Any) -> None:
+        if cls.sock is None:
+            cls.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        host, port = os.environ["BENCH_REPORT_TO"].rsplit(":", 1)
+        cls.sock.sendto(" ".join(map(str, fields)).encode(), (host, int(port)))
+
+
+def _noop() -> None:
+    """Does nothing, then says when it started and ended."""
+    started = time.time()
+    _Report.send("noop", started, time.time())
+
+
+def _probe(published_at: float) -> None:
+    """Says when it was published and when it started."""
+    _Report.send("probe", published_at, time.time())
+
+
+if os.environ.get("BENCH_BROKER"):
+    app = build_app(
+        os.environ["BENCH_BROKER"],
+        os.environ.get("BENCH_DATABASE_URL", ""),
+        os.environ.get("BENCH_REDIS_URL", ""),
+        os.environ.get("BENCH_KEY_PREFIX", ""),
+        os.environ.get("BENCH_QUEUE", "celery"),
+    )

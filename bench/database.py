@@ -1,0 +1,65 @@
+"""The benchmark's own stores: a fresh PostgreSQL database per run, and Redis key clean-up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from config.urls import normalise_database_url, redact_url
+
+CREATE_DATABASE = sql.SQL("CREATE DATABASE {}")
+DROP_DATABASE = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+
+
+def _admin(server_url: str, statement: sql.Composed) -> None:
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(statement)
+
+
+@contextmanager
+def bench_database(server_url: str, run_id: str) -> Iterator[str]:
+    """A new database ``pgjobs_bench_<run_id>`` with every migration applied; dropped after."""
+    from config.migrate import upgrade
+
+    try:
+        server_url = normalise_database_url(server_url)
+    except ValueError as error:
+        raise click.ClickException(f"--server-url {error}") from None
+    name = sql.Identifier(f"pgjobs_bench_{run_id}")
+    try:
+        _admin(server_url, CREATE_DATABASE.format(name))
+    except psycopg.Error as error:
+        raise click.ClickException(
+            f"cannot create the bench database on {redact_url(server_url)}: "
+            f"{str(error).strip().splitlines()[0]}; check --server-url") from None
+    try:
+        url = make_url(server_url).set(database=f"pgjobs_bench_{run_id}")
+        database_url = url.render_as_string(hide_password=False)
+        upgrade(database_url)
+        yield database_url
+    finally:
+        _admin(server_url, DROP_DATABASE.format(name))
+
+
+def redis_reachable(redis_url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(redis_url, socket_timeout=5).ping())
+    except (redis.RedisError, ValueError):
+        return False
+
+
+def delete_redis_keys(redis_url: str, prefix: str) -> None:
+    """Remove every key this run's Redis broker made (they all start with ``prefix``)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
+    client.close()

@@ -1,0 +1,293 @@
+"""Benchmark pgjobs' broker against kombu's SQLAlchemy transport and Redis, side by side.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.run                     # all three, default sizes
+    .venv/bin/python -m bench.run --tasks 500 --samples 50 --brokers pgjobs,redis
+
+For each broker, with the same tasks and worker settings (prefork, ``-c 2``, prefetch
+multiplier 4, acks late, JSON), one after the other:
+
+1. enqueue rate: ``--tasks`` no-op tasks published from this process, worker stopped;
+2. drain throughput: a worker starts and runs them all; the time from the first task's start
+   to the last task's end (worker start-up is not counted);
+3. publish-to-start latency on the now idle worker: ``--samples`` tasks sent one at a time,
+   each carrying its publication time, with a random pause of up to ``--pause`` seconds
+   between them; p50 and p99. A slow broker stops sampling after ``--latency-budget`` s.
+
+PostgreSQL brokers use a fresh database created on ``--server-url`` and dropped at the end;
+Redis keys carry a per-run prefix and are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+if not __package__:  # run as a script: make `bench` and `config` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.app import BROKERS, NOOP, PROBE, build_app  # noqa: E402
+from bench.database import bench_database, delete_redis_keys, redis_reachable  # noqa: E402
+from config.urls import redact_url  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CELERY = Path(sys.executable).with_name("celery")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run; one per benchmark invocation."""
+
+    tasks: int
+    samples: int
+    concurrency: int
+    prefetch: int
+    pause: float
+    latency_budget: float
+    database_url: str
+    redis_url: str
+    run_id: str
+
+    def app(self, broker: str):
+        return build_app(broker, self.database_url, self.redis_url, self.prefix, self.queue)
+
+    @property
+    def prefix(self) -> str:
+        return f"pgjobs-bench-{self.run_id}:"
+
+    @property
+    def queue(self) -> str:
+        return f"bench-{self.run_id}"
+
+
+@dataclass
+class Result:
+    broker: str
+    enqueue_rate: float = math.nan
+    drain_rate: float = math.nan
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    samples: int = 0
+    error: str = ""
+
+
+class Reports:
+    """The UDP socket tasks report to: ``kind a b`` per datagram."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+
+    @property
+    def address(self) -> str:
+        host, port = self.sock.getsockname()
+        return f"{host}:{port}"
+
+    def collect(self, kind: str, count: int, timeout: float) -> list[tuple[float, float]]:
+        """``count`` reports of ``kind``; TimeoutError if they do not all come in time."""
+        deadline = time.monotonic() + timeout
+        found: list[tuple[float, float]] = []
+        while len(found) < count:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                name, first, second = self.sock.recv(256).decode().split()
+            except TimeoutError:
+                missing = f"{len(found)} of {count} {kind} tasks ran in {timeout:.0f}s"
+                raise TimeoutError(missing) from None
+            if name == kind:
+                found.append((float(first), float(second)))
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def worker_env(plan: Plan, broker: str, reports: Reports) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        BENCH_BROKER=broker, BENCH_DATABASE_URL=plan.database_url,
+        BENCH_REDIS_URL=plan.redis_url, BENCH_KEY_PREFIX=plan.prefix, BENCH_QUEUE=plan.queue,
+        BENCH_REPORT_TO=reports.address, PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+@contextmanager
+def worker(plan: Plan, broker: str, reports: Reports, log: Path) -> Iterator[None]:
+    """A ``celery worker`` for ``broker``, stopped (then killed if need be) on exit."""
+    command = [
+        str(CELERY), "-A", "bench.app", "worker", "-P", "prefork", "-c", str(plan.concurrency),
+        "--prefetch-multiplier", str(plan.prefetch), "-Q", plan.queue, "-l", "WARNING",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=worker_env(plan, broker, reports), stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def enqueue_rate(app, count: int) -> float:
+    """Tasks per second published by one producer; the first (warm-up) one is not timed."""
+    task = app.tasks[NOOP]
+    with app.producer_or_acquire() as producer:
+        task.apply_async(producer=producer)
+        started = time.perf_counter()
+        for _ in range(count):
+            task.apply_async(producer=producer)
+        return count / (time.perf_counter() - started)
+
+
+def drain_rate(reports: Reports, count: int) -> float:
+    """Tasks per second, from the first task's start to the last task's end."""
+    runs = reports.collect("noop", count, timeout=max(120.0, count / 20))
+    return count / (max(end for _, end in runs) - min(start for start, _ in runs))
+
+
+def latencies(app, reports: Reports, plan: Plan) -> list[float]:
+    """Publish-to-start delays in milliseconds, one task at a time."""
+    task, found = app.tasks[PROBE], []
+    budget_ends = time.monotonic() + plan.latency_budget
+    while len(found) < plan.samples and time.monotonic() < budget_ends:
+        task.apply_async((time.time(),))
+        ((published, started),) = reports.collect("probe", 1, timeout=30)
+        found.append((started - published) * 1000)
+        time.sleep(random.uniform(0, plan.pause))
+    return found
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def measure(plan: Plan, broker: str, logdir: Path) -> Result:
+    result, app, reports = Result(broker), plan.app(broker), Reports()
+    try:
+        result.enqueue_rate = enqueue_rate(app, plan.tasks)
+        with worker(plan, broker, reports, logdir / f"worker-{broker}.log"):
+            result.drain_rate = drain_rate(reports, plan.tasks + 1)
+            samples = latencies(app, reports, plan)
+        result.samples = len(samples)
+        result.p50_ms, result.p99_ms = percentile(samples, 50), percentile(samples, 99)
+    except Exception as error:  # one broker failing must not hide the others' figures
+        result.error = f"{type(error).__name__}: {error} (log: {logdir})"
+    finally:
+        reports.close()
+        app.close()
+    return result
+
+
+def table(results: list[Result]) -> str:
+    """The figures, each with its ratio to Redis when Redis was measured."""
+    redis = next((r for r in results if r.broker == "redis" and not r.error), None)
+    lines = [f"{'broker':<8} {'enqueue/s':>16} {'drain/s':>16} {'p50 ms':>14} {'p99 ms':>14}"
+             f" {'samples':>8}"]
+    for r in results:
+        if r.error:
+            lines.append(f"{r.broker:<8} failed: {r.error}")
+            continue
+        cells = [_cell(getattr(r, name), redis and getattr(redis, name)) for name in
+                 ("enqueue_rate", "drain_rate", "p50_ms", "p99_ms")]
+        lines.append(f"{r.broker:<8} {cells[0]:>16} {cells[1]:>16} {cells[2]:>14} {cells[3]:>14}"
+                     f" {r.samples:>8}")
+    lines.append("(xN = ratio to Redis; rates: higher is better, latencies: lower is better)")
+    return "\n".join(lines + _targets(results, redis))
+
+
+def _cell(value: float, reference: float | None) -> str:
+    shown = f"{value:.0f}" if value >= 100 else f"{value:.2f}"
+    return f"{shown} ({value / reference:.2f}x)" if reference else shown
+
+
+def _targets(results: list[Result], redis: Result | None) -> list[str]:
+    ours = next((r for r in results if r.broker == "pgjobs" and not r.error), None)
+    if not (ours and redis):
+        return []
+    drain, p50 = ours.drain_rate / redis.drain_rate, ours.p50_ms / redis.p50_ms
+    return [f"target drain >= 1.0x Redis: {drain:.2f}x {'met' if drain >= 1 else 'NOT met'}",
+            f"target p50 <= 1.5x Redis:   {p50:.2f}x {'met' if p50 <= 1.5 else 'NOT met'}"]
+
+
+def _brokers(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(BROKERS))
+    if unknown or not names:
+        raise click.BadParameter(f"use a comma-separated subset of {','.join(BROKERS)}")
+    return names
+
+
+@click.command()
+@click.option("--tasks", default=2000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="No-op tasks published, then drained.")
+@click.option("--samples", default=200, show_default=True, type=click.IntRange(1, 100_000),
+              help="Latency samples per broker.")
+@click.option("--brokers", default=",".join(BROKERS), show_default=True, callback=_brokers,
+              help="Which brokers to measure, in order.")
+@click.option("--concurrency", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--prefetch", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="worker_prefetch_multiplier, the same for every broker.")
+@click.option("--pause", default=0.05, show_default=True, type=click.FloatRange(0, 10),
+              help="Longest random pause between latency samples, in seconds.")
+@click.option("--latency-budget", default=60.0, show_default=True,
+              type=click.FloatRange(1, 3600), help="Seconds of latency sampling per broker.")
+@click.option("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+              show_default=True, help="PostgreSQL server on which the bench database is made.")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True)
+def main(brokers: list[str], server_url: str, redis_url: str, **sizes: float) -> None:
+    """Measure enqueue rate, drain throughput and latency per broker; print a table."""
+    if "redis" in brokers and not redis_reachable(redis_url):
+        raise click.ClickException(f"cannot reach Redis at {redact_url(redis_url)}; start it "
+                                   "or set --redis-url, or leave redis out of --brokers")
+    run_id = uuid.uuid4().hex[:10]
+    logdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgjobs-bench-{run_id}"
+    logdir.mkdir(parents=True)
+    with bench_database(server_url, run_id) as database_url:
+        plan = Plan(database_url=database_url, redis_url=redis_url, run_id=run_id, **sizes)
+        click.echo(f"bench: {plan.tasks} tasks, {plan.samples} latency samples, "
+                   f"prefork -c {plan.concurrency}, prefetch x{plan.prefetch}, "
+                   f"{os.cpu_count()} CPUs")
+        try:
+            results = [measure(plan, broker, logdir) for broker in brokers]
+        finally:
+            if "redis" in brokers:
+                delete_redis_keys(redis_url, plan.prefix)
+    click.echo(table(results))
+    if any(r.error for r in results):
+        raise SystemExit(1)
+    shutil.rmtree(logdir, ignore_errors=True)  # worker logs are kept only when a run failed
+
+
+if __name__ == "__main__":
+    main()
