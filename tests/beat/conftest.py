@@ -14,33 +14,6 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-def _reconfigure_app() -> None:
-    from config import celery as celery_module
-    from config.celeryconfig import celery_config
-    from config.settings import get_settings
-
-    get_settings.cache_clear()
-    app = celery_module.app
-    app.conf.update(celery_config(get_settings()))
-    # Celery 5.7 refuses `app._backend = None` (the suite's app_db does that): forget the
-    # cached backend by hand instead.
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-    if app._pool is not None:
-        app._pool.force_close_all()
-    app._after_fork()  # drops the producer pool bound to the previous broker URL
-
-
-@pytest.fixture
-def app_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The suite's ``app_db``: settings and the Celery app point at this test's database."""
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    _reconfigure_app()
-    yield db_url
-    monkeypatch.undo()
-    _reconfigure_app()
-
-
 @pytest.fixture
 def make_scheduler(app_db: str) -> Iterator[Callable[..., object]]:
     """Build ``beat.scheduler.Scheduler`` objects on the test database; closed afterwards."""
