@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.acceptance.conftest import BIN, wait_until
+from tests.acceptance.conftest import BIN
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.acceptance
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.acceptance.conftest import wait_until
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.acceptance
 

@@ -19,11 +19,11 @@ from beat_helpers import (
     leader_application,
     terminate_leader_connection,
     ticks,
-    wait_until,
 )
 from click.testing import CliRunner
 
 from beat.cli import schedule
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.acceptance
 

@@ -6,13 +6,14 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from beat_helpers import leader_application, terminate_leader_connection, ticks, wait_until
+from beat_helpers import leader_application, terminate_leader_connection, ticks
 from click.testing import CliRunner
 from sqlalchemy.exc import SQLAlchemyError
 
 from beat.cli import schedule
 from beat.leadership import LostLeadership
 from beat.ticks import Tick
+from tests.polling import wait_until
 
 # Entries count from their creation (real time); these tests then move the clock on.
 NOW = datetime.now(UTC)

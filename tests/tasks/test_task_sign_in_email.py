@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 
 import psycopg
 import pytest
@@ -17,6 +16,7 @@ from tasks.errors import InvalidAddressError, PermanentEmailError, TransientEmai
 from tasks.message import sign_in_message
 from tasks.sign_in import MAX_RETRIES, RETRY_BACKOFF_MAX_SECONDS, RETRY_BACKOFF_SECONDS
 from tasks.smtp import deliver
+from tests.polling import wait_until
 
 KWARGS = {"email": "ada@example.com", "name": "Ada <Lovelace>", "code": "493 817"}
 
@@ -225,12 +225,6 @@ def test_wrong_password_fails_without_revealing_it(app_db, settings_env, tls_con
     assert handler.messages == []
 
 
-def wait_until(condition, timeout: float = 15.0) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def blocked_on_sent_email_row(db_url: str) -> bool:
