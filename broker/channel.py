@@ -38,10 +38,7 @@ class QoS(virtual.QoS):
         self._quick_ack(delivery_tag)
 
     def reject(self, delivery_tag: int, requeue: bool = False) -> None:
-        if requeue:
-            self.channel.store.release([delivery_tag])
-        else:
-            self.channel.store.dead_letter(delivery_tag, REJECTED)
+        self.channel.reject(delivery_tag, requeue)
         self._quick_ack(delivery_tag)
 
     def restore_unacked(self) -> list[Any]:
@@ -88,10 +85,35 @@ class Channel(virtual.Channel):
     def ack(self, tags: list[int]) -> None:
         """Delete delivered messages. In Celery's event loop the deletes of one loop turn are
         sent together with the next claim (the next turn), one round trip for both."""
-        if self.connection.batches_acks():
+        if self.connection is None:
+            self._after_close(self.store.ack, tags)
+        elif self.connection.batches_acks():
             self._acks.extend(tags)
         else:
             self.store.ack(tags)
+
+    def reject(self, tag: int, requeue: bool) -> None:
+        """Requeue at once, or move to the dead-letter table."""
+        if requeue:
+            self._run(self.store.release, [tag])
+        else:
+            self._run(self.store.dead_letter, tag, REJECTED)
+
+    def _run(self, operation: Any, *args: Any) -> None:
+        if self.connection is None:
+            self._after_close(operation, *args)
+        else:
+            operation(*args)
+
+    def _after_close(self, operation: Any, *args: Any) -> None:
+        """A task finished after its connection went away (e.g. PostgreSQL restarted): record
+        the outcome on a short-lived session, or leave the lease to expire."""
+        try:
+            operation(*args)
+        except psycopg.Error as exc:
+            logger.debug("pgjobs broker: outcome of a message not recorded (%s)", exc)
+        finally:
+            self.store.close()
 
     def flush_acks(self) -> None:
         if self._acks:

@@ -121,3 +121,20 @@ def test_a_forked_child_closing_the_connection_leaves_the_parents_consumer_alone
     held = sql(db_url, "SELECT consumer FROM pgjobs_broker_message")
     assert held == [(parent.transport.consumer_id,)]
     assert parent.transport.claim(["forked"], 1) == []
+
+
+def test_an_ack_after_the_connection_closed_still_deletes_the_message(
+        db_url: str, conns: list[Connection]) -> None:
+    # given a message delivered on a connection that then goes away (as when PostgreSQL
+    # restarts while a task runs): its lease is released
+    conn = connect(db_url, conns)
+    queue = Queue("late")
+    queue(conn.default_channel).declare()
+    conn.Producer().publish({"n": 1}, routing_key="late")
+    message = queue(conn.default_channel).get()
+    conn.release()
+    assert sql(db_url, "SELECT consumer FROM pgjobs_broker_message") == [(None,)]
+    # when the task finishes and acknowledges it
+    message.ack()
+    # then the message is deleted, so it does not run again
+    assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_message") == [(0,)]
