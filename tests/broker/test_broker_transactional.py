@@ -96,6 +96,7 @@ def test_celery_apply_async_inside_a_psycopg_transaction_follows_it(db_url: str)
             message = Queue("outbox")(conn.default_channel).get()
         assert message.headers["task"] == "pgjobs.kept"
     finally:
+        app.pool.force_close_all()  # Celery's close() drops pooled connections without closing
         app.close()
 
 
