@@ -370,6 +370,18 @@ def test_options_are_validated_with_one_line_naming_the_option(db_url: str) -> N
                        transport_options={"visibility_timeout": "soon"}).transport
 
 
+def test_synchronous_commit_is_applied_to_the_working_session(connect: Connect) -> None:
+    conn = connect(synchronous_commit="off")
+    session = conn.transport.store.connect()
+    assert session.execute("SHOW synchronous_commit").fetchone() == ("off",)
+
+
+def test_an_unknown_synchronous_commit_is_refused_by_name(db_url: str) -> None:
+    with pytest.raises(ValueError, match="synchronous_commit must be one of"):
+        _ = Connection(db_url, transport=PG_TRANSPORT,
+                       transport_options={"synchronous_commit": "maybe"}).transport
+
+
 def test_the_password_never_appears_in_the_displayed_url() -> None:
     conn = Connection("postgresql://app:s3cret@db.example:5432/jobs", transport=PG_TRANSPORT)
     assert "s3cret" not in conn.as_uri()
