@@ -149,7 +149,11 @@ class Channel(virtual.Channel):
         if batch and self._window_half_full(limit):
             return 0
         acks, self._acks = self._acks, []
-        rows = self.connection.claim(queues, limit, acks=acks)
+        try:
+            rows = self.connection.claim(queues, limit, acks=acks)
+        except BaseException:
+            self._acks[:0] = acks  # not recorded: keep them for the next try, or the close
+            raise
         self.pending = len(rows) >= limit
         self._auto_ack([row for row in rows if row.queue in self._no_ack_queues])
         return sum(self._deliver(row) for row in rows)
