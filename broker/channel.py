@@ -176,13 +176,20 @@ class Channel(virtual.Channel):
         return True
 
     def _decode(self, row: Claimed) -> dict[str, Any] | None:
+        """The payload to deliver, or None when the row went to the dead-letter table."""
+        limit = self.connection.max_deliveries
+        if limit is not None and row.deliveries > limit:
+            return self._dead(row, f"delivered {row.deliveries} times without an ack "
+                                   f"(max_deliveries={limit})")
         try:
             return decode(row)
         except MalformedMessage as exc:
-            logger.error("pgjobs broker: message %d in queue %r is malformed (%s); moved to "
-                         "pgjobs_broker_dead_letter", row.id, row.queue, exc)
-            self.store.dead_letter(row.id, f"malformed: {exc}")
-            return None
+            return self._dead(row, f"malformed: {exc}")
+
+    def _dead(self, row: Claimed, reason: str) -> None:
+        logger.error("pgjobs broker: message %d in queue %r moved to pgjobs_broker_dead_letter: "
+                     "%s", row.id, row.queue, reason)
+        self.store.dead_letter(row.id, reason)
 
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
         if not self.deliver_ready():

@@ -37,6 +37,9 @@ Transport options (``broker_transport_options``), with defaults:
     Most messages claimed at once by a consumer without a prefetch limit.
 ``connect_timeout`` (5)
     Seconds to wait for PostgreSQL when (re)connecting.
+``max_deliveries`` (None: unlimited)
+    A message handed out more than this many times without being acknowledged (its worker
+    keeps dying on it, e.g. out of memory) is moved to the dead-letter table instead.
 ``synchronous_commit`` (None: the server's setting, normally ``on``)
     PostgreSQL's ``synchronous_commit`` for publishing, claiming and acking. ``off`` about
     doubles the publish rate (no WAL flush wait per message) at a price: if the PostgreSQL
@@ -100,7 +103,7 @@ def _session_conninfo(conninfo: str, synchronous_commit: Any) -> str:
 def _options(raw: dict[str, Any]) -> dict[str, float]:
     """The numeric transport options, validated; ValueError names the bad one."""
     options = dict(DEFAULTS)
-    for name in (*DEFAULTS, "heartbeat_interval"):
+    for name in (*DEFAULTS, "heartbeat_interval", "max_deliveries"):
         value = raw.get(name)
         if value is None:
             continue
@@ -141,6 +144,8 @@ class Transport(virtual.Transport):
         self.eta_lookahead = options["eta_lookahead"]
         self.claim_batch_size = int(options["claim_batch_size"])
         self.connect_timeout = options["connect_timeout"]
+        self.max_deliveries = int(options["max_deliveries"]) if "max_deliveries" in options \
+            else None
         self.conninfo = _conninfo(client)
         self.store = Store(_session_conninfo(
             self.conninfo, client.transport_options.get("synchronous_commit")),

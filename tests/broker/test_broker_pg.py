@@ -230,7 +230,23 @@ def test_a_malformed_row_is_dead_lettered_and_the_queue_keeps_flowing(
     assert [m.payload for m in received] == [{"good": True}]
     [(reason,)] = sql(db_url, "SELECT reason FROM pgjobs_broker_dead_letter")
     assert reason.startswith("malformed: ")
-    assert "malformed" in caplog.text
+    assert "moved to pgjobs_broker_dead_letter: malformed" in caplog.text
+
+
+def test_a_message_delivered_too_often_is_dead_lettered(connect: Connect, db_url: str) -> None:
+    # given max_deliveries 2 and a message whose consumers keep dying on it
+    queue = Queue("poison")
+    publish(connect(), queue, {"n": 1})
+    for _ in range(2):
+        conn = connect(max_deliveries=2)
+        assert queue(conn.default_channel).get() is not None
+        kill_heartbeat(conn, db_url)
+        conn.transport.store.rescue()
+    # when it is handed out a third time
+    assert queue(connect(max_deliveries=2).default_channel).get() is None
+    # then it is in the dead-letter table with the reason instead
+    [(reason,)] = sql(db_url, "SELECT reason FROM pgjobs_broker_dead_letter")
+    assert reason == "delivered 3 times without an ack (max_deliveries=2)"
 
 
 def test_concurrent_consumers_never_receive_the_same_message(

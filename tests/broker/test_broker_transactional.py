@@ -77,6 +77,21 @@ def test_a_message_published_in_a_rolled_back_session_never_exists(
     assert not notified(listener)
 
 
+def test_a_sqlalchemy_connection_works_as_the_transaction_too(
+        db_url: str, engine: sa.Engine, conn: Connection) -> None:
+    # given a SQLAlchemy Connection whose transaction fails after publishing
+    with pytest.raises(RuntimeError), engine.begin() as sa_conn:
+        with in_transaction(sa_conn):
+            conn.Producer().publish({"order": 3}, routing_key="outbox")
+        # the message is there inside the transaction, and only there
+        inside = "SELECT count(*) FROM pgjobs_broker_message WHERE queue = 'outbox'"
+        assert sa_conn.execute(sa.text(inside)).scalar() == 1
+        assert count(db_url) == 0
+        raise RuntimeError("the caller's work failed")
+    # then the message went with it
+    assert count(db_url) == 0
+
+
 def test_celery_apply_async_inside_a_psycopg_transaction_follows_it(db_url: str) -> None:
     # given a Celery app on this transport and a plain psycopg connection
     app = Celery("transactional", broker=db_url, set_as_current=False)
