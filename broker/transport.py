@@ -302,6 +302,8 @@ class Transport(virtual.Transport):
         self._deliver_all()
 
     def _on_tick(self) -> None:
+        if self.heartbeat is not None and self.listener.ensure():
+            self._mark_all()  # notifications sent while it was down are lost
         self._watch()
         self._deliver_all()
 

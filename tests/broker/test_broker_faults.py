@@ -138,3 +138,36 @@ def test_an_ack_after_the_connection_closed_still_deletes_the_message(
     message.ack()
     # then the message is deleted, so it does not run again
     assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_message") == [(0,)]
+
+
+def test_in_the_event_loop_a_new_listen_connection_is_watched_after_a_reconnect(
+        db_url: str, conns: list[Connection]) -> None:
+    # given a consumer on kombu's event loop, polling far away: only NOTIFY can wake it
+    from kombu.asynchronous import Hub
+
+    consumer, producer = connect(db_url, conns, polling_interval=30), connect(db_url, conns)
+    queue = Queue("looped-again")
+    queue(producer.default_channel).declare()
+    hub = Hub()
+    received: list[Any] = []
+    try:
+        consumer.transport.register_with_event_loop(consumer.connection, hub)
+        with Consumer(consumer, [queue], callbacks=[lambda b, m: received.append(b)]):
+            loop = hub.create_loop()
+            listener = consumer.transport.listener
+            first_pid = listener.backend_pid
+            # when its LISTEN connection is killed and comes back
+            terminate(db_url, first_pid)
+            deadline = time.monotonic() + 15
+            while listener.backend_pid in (None, first_pid) and time.monotonic() < deadline:
+                next(loop)
+            assert listener.backend_pid not in (None, first_pid)
+            next(loop)  # one turn to watch the new socket
+            # then a message published now is delivered through the new connection
+            producer.Producer().publish({"n": 1}, routing_key="looped-again")
+            while not received and time.monotonic() < deadline:
+                next(loop)
+        assert received == [{"n": 1}]
+    finally:
+        consumer.release()
+        hub.close()
