@@ -205,6 +205,9 @@ def measure(plan: Plan, broker: str, logdir: Path) -> Result:
         result.error = f"{type(error).__name__}: {error} (log: {logdir})"
     finally:
         reports.close()
+        # Celery's app.close() only forgets its pools; close their connections too.
+        app.amqp.producer_pool.force_close_all()
+        app.pool.force_close_all()
         app.close()
     return result
 

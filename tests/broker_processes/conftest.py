@@ -71,7 +71,9 @@ def procs_on(database_url: str, logdir: Path) -> Iterator[Procs]:
         yield Procs(database_url, app, workers, Runs(database_url))
     finally:
         workers.kill_all()
+        # Celery's app.close() only forgets its pools; close their connections here.
         app.amqp.producer_pool.force_close_all()
+        app.pool.force_close_all()
         app.close()
 
 
