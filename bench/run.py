@@ -84,6 +84,7 @@ class Result:
     p99_ms: float = math.nan
     samples: int = 0
     error: str = ""
+    transactional_enqueue_rate: float = math.nan
 
 
 class Reports:
@@ -168,6 +169,22 @@ def enqueue_rate(app, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
+def transactional_enqueue_rate(app, database_url: str, count: int) -> float:
+    """Tasks per second published by pgjobs inside one transaction of the caller's, commit
+    included (``broker.in_transaction``)."""
+    import psycopg
+
+    from broker import in_transaction
+
+    task = app.tasks[NOOP]
+    with psycopg.connect(database_url) as conn, app.producer_or_acquire() as producer:
+        started = time.perf_counter()
+        with conn.transaction(), in_transaction(conn):
+            for _ in range(count):
+                task.apply_async(producer=producer)
+        return count / (time.perf_counter() - started)
+
+
 def drain_rate(reports: Reports, count: int) -> float:
     """Tasks per second, from the first task's start to the last task's end."""
     runs = reports.collect("noop", count, timeout=max(120.0, count / 20))
@@ -201,6 +218,9 @@ def measure(plan: Plan, broker: str, logdir: Path) -> Result:
             samples = latencies(app, reports, plan)
         result.samples = len(samples)
         result.p50_ms, result.p99_ms = percentile(samples, 50), percentile(samples, 99)
+        if broker == "pgjobs":  # left queued: the database is dropped at the end
+            result.transactional_enqueue_rate = transactional_enqueue_rate(
+                app, plan.database_url, plan.tasks)
     except Exception as error:  # one broker failing must not hide the others' figures
         result.error = f"{type(error).__name__}: {error} (log: {logdir})"
     finally:
@@ -226,7 +246,15 @@ def table(results: list[Result]) -> str:
         lines.append(f"{r.broker:<8} {cells[0]:>16} {cells[1]:>16} {cells[2]:>14} {cells[3]:>14}"
                      f" {r.samples:>8}")
     lines.append("(xN = ratio to Redis; rates: higher is better, latencies: lower is better)")
-    return "\n".join(lines + _targets(results, redis))
+    return "\n".join(lines + _transactional(results, redis) + _targets(results, redis))
+
+
+def _transactional(results: list[Result], redis: Result | None) -> list[str]:
+    ours = next((r for r in results if r.broker == "pgjobs" and not r.error), None)
+    if ours is None:
+        return []
+    rate = _cell(ours.transactional_enqueue_rate, redis and redis.enqueue_rate)
+    return [f"enqueue/s inside one caller transaction (pgjobs, broker.in_transaction): {rate}"]
 
 
 def _cell(value: float, reference: float | None) -> str:
