@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from celery import Celery
 
 if not __package__:  # run as a script: make `bench` and `config` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -63,7 +64,7 @@ class Plan:
     redis_url: str
     run_id: str
 
-    def app(self, broker: str):
+    def app(self, broker: str) -> Celery:
         return build_app(broker, self.database_url, self.redis_url, self.prefix, self.queue)
 
     @property
@@ -158,7 +159,7 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def enqueue_rate(app, count: int) -> float:
+def enqueue_rate(app: Celery, count: int) -> float:
     """Tasks per second published by one producer; the first (warm-up) one is not timed."""
     task = app.tasks[NOOP]
     with app.producer_or_acquire() as producer:
@@ -169,7 +170,7 @@ def enqueue_rate(app, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-def transactional_enqueue_rate(app, database_url: str, count: int) -> float:
+def transactional_enqueue_rate(app: Celery, database_url: str, count: int) -> float:
     """Tasks per second published by pgjobs inside one transaction of the caller's, commit
     included (``broker.in_transaction``)."""
     import psycopg
@@ -191,7 +192,7 @@ def drain_rate(reports: Reports, count: int) -> float:
     return count / (max(end for _, end in runs) - min(start for start, _ in runs))
 
 
-def latencies(app, reports: Reports, plan: Plan) -> list[float]:
+def latencies(app: Celery, reports: Reports, plan: Plan) -> list[float]:
     """Publish-to-start delays in milliseconds, one task at a time."""
     task, found = app.tasks[PROBE], []
     budget_ends = time.monotonic() + plan.latency_budget
