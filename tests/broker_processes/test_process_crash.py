@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 
+import psutil
 import pytest
 from process_harness import wait_until
 
@@ -30,6 +32,24 @@ def test_tasks_of_a_killed_worker_complete_once_on_another(procs):
     for key in interrupted:
         workers = [worker for phase, worker, _ in procs.runs.of_key(key) if phase == "done"]
         assert workers == [second.nodename], procs.runs.of_key(key)
+
+
+def test_task_whose_pool_process_is_killed_runs_again_and_completes_once(procs):
+    # Given a worker whose pool process is running a slow task
+    worker = procs.workers.start("lonely", concurrency=1)
+    procs.publish(["victim"], seconds=2.0)
+    wait_until(procs.runs.running, 30, "the task to start", procs.workers.logs)
+
+    # When that pool process is killed (the worker itself lives on)
+    (child,) = psutil.Process(worker.process.pid).children()
+    child.send_signal(signal.SIGKILL)
+
+    # Then the worker gives the task back and it runs again, completing exactly once
+    wait_until(lambda: procs.runs.all_done(["victim"]), 60, "the task to complete",
+               procs.workers.logs)
+    procs.settle()
+    phases = [phase for phase, _, _ in procs.runs.of_key("victim")]
+    assert phases == ["started", "started", "done"]
 
 
 def test_eta_task_held_by_a_killed_worker_runs_once_not_before_its_eta(procs):
