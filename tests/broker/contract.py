@@ -118,6 +118,18 @@ class TransportContract:
         assert [m.payload for m in collect(first, [one], 1)] == [{"all": True}]
         assert [m.payload for m in collect(second, [two], 1)] == [{"all": True}]
 
+    def test_names_are_data_whatever_characters_they_hold(
+            self, connect: Callable[[], Connection], names: Callable[[str], str]) -> None:
+        # given a queue and exchange whose names hold quotes, SQL and non-ASCII text
+        conn = connect()
+        hostile = names("q'; DROP TABLE pgjobs_broker_message; -- \"é\" " + "x" * 200)
+        queue = Queue(hostile, Exchange(hostile + ".x", "topic"), "a.'b'.*")
+        queue(conn.default_channel).declare()
+        # when a message is routed and consumed through them
+        conn.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="a.'b'.c")
+        # then it arrives like any other
+        assert [m.payload for m in collect(conn, [queue], 1)] == [{"n": 1}]
+
     def test_size_is_exact(
             self, connect: Callable[[], Connection], names: Callable[[str], str]) -> None:
         # given three messages published to a queue
