@@ -17,7 +17,6 @@ from beat.ticks import Tick
 from config.urls import sqlalchemy_url
 
 QUEUE = "beat-scheduler"
-CREATED = datetime.now(UTC)
 
 
 def invoke(*args: str) -> None:
@@ -30,10 +29,16 @@ def add(name: str, *how: str) -> None:
 
 
 @pytest.fixture
-def leader(make_scheduler, app_db: str):
+def created() -> datetime:
+    """When the test's entries are created: taken per test, as `--at` refuses past times."""
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def leader(make_scheduler, app_db: str, created: datetime):
     """A scheduler that leads, with its clock one hour ahead so interval entries are due."""
     scheduler = make_scheduler("beat-leader")
-    scheduler.clock = lambda: CREATED + timedelta(hours=1)
+    scheduler.clock = lambda: created + timedelta(hours=1)
     scheduler.tick()
     assert scheduler.is_leader
     return scheduler
@@ -88,12 +93,13 @@ def test_a_due_entry_is_sent_once_and_its_progress_persisted(
     assert [m["id"] for m in drain(app, QUEUE)] == [fired[0][2]]
 
 
-def test_a_tick_claimed_elsewhere_is_not_sent_again(make_scheduler, app_db: str) -> None:
+def test_a_tick_claimed_elsewhere_is_not_sent_again(
+        make_scheduler, app_db: str, created: datetime) -> None:
     from config.celery import app
 
     # Given a daily entry and a tick for today's slot already claimed by another leader
     add("e", "--cron", "0 4 * * *", "--timezone", "UTC")
-    slot = (CREATED + timedelta(days=1)).replace(hour=4, minute=0, second=0, microsecond=0)
+    slot = (created + timedelta(days=1)).replace(hour=4, minute=0, second=0, microsecond=0)
     rows(app_db, "INSERT INTO pgjobs_beat_tick (entry_name, due_at, task_id, leader, sent_at) "
          "VALUES ('e', %(slot)s, 'earlier', 'beat-old', now())", {"slot": slot})
 
@@ -128,9 +134,10 @@ def test_downtime_over_several_due_times(make_scheduler, app_db: str, catch_up, 
 
 
 
-def test_a_one_off_entry_runs_once_then_is_done(leader, app_db: str) -> None:
+def test_a_one_off_entry_runs_once_then_is_done(
+        leader, app_db: str, created: datetime) -> None:
     # Given an entry for one minute from now, and a leader whose clock is an hour ahead
-    at = (CREATED + timedelta(minutes=1)).isoformat()
+    at = (created + timedelta(minutes=1)).isoformat()
     add("once", "--at", at)
     # When it passes several times
     for _ in range(3):
@@ -180,11 +187,11 @@ def pgjobs_transport(app_db: str):
 
 
 def test_with_pgjobs_transport_tick_and_message_commit_together(
-        make_scheduler, pgjobs_transport, app_db: str) -> None:
+        make_scheduler, pgjobs_transport, app_db: str, created: datetime) -> None:
     # Given a leader publishing through pgjobs' transport, and a due entry
     add("g", "--every", "60")
     scheduler = make_scheduler()
-    scheduler.clock = lambda: CREATED + timedelta(hours=1)
+    scheduler.clock = lambda: created + timedelta(hours=1)
 
     # When it passes, the tick and its message are committed in one transaction
     scheduler.tick()
