@@ -14,6 +14,8 @@ from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, collect, sql
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.exceptions import OperationalError
 
+from tests.polling import wait_until
+
 Connect = Callable[..., Connection]
 
 
@@ -42,14 +44,6 @@ def publish(conn: Connection, queue: Queue, body: Any, **options: Any) -> None:
                             declare=[queue], **options)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def kill_heartbeat(conn: Connection, db_url: str) -> None:
