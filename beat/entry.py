@@ -39,6 +39,16 @@ class Entry(ModelEntry):
         return DISTANT_PAST if isinstance(self.slots, OnceSlots) else loaded_at
 
     @property
+    def never_ran(self) -> bool:
+        """True when it counts from ``loaded_at`` because no run was ever stored."""
+        return self.stored_last_run_at is None and self.slots is not None and \
+            not isinstance(self.slots, OnceSlots)
+
+    def anchor_at(self, stored: datetime) -> None:
+        """Count from ``stored``, the start persisted for an entry that never ran."""
+        self.last_run_at = self.stored_last_run_at = maybe_make_aware(stored).astimezone(UTC)
+
+    @property
     def is_crontab(self) -> bool:
         return isinstance(self.schedule, schedules.crontab)
 

@@ -60,6 +60,12 @@ ADVANCE_ENTRY = text(
 
 A plain UPDATE fires no ORM event, so beat's own progress never looks like an edit."""
 
+ANCHOR_ENTRY = text(
+    "UPDATE celery_periodictask SET last_run_at = COALESCE(last_run_at, :at)"
+    " WHERE name = :entry_name RETURNING last_run_at"
+)
+"""Persist where an entry that never ran starts counting; a value already stored wins."""
+
 RESTORE_ENTRY = text(
     "UPDATE celery_periodictask SET last_run_at = :last_run_at,"
     " total_run_count = GREATEST(total_run_count - 1, 0), enabled = :enabled"

@@ -143,7 +143,18 @@ class Scheduler(beat.Scheduler):
             models = session.query(PeriodicTask).filter_by(enabled=True).all()
         loaded_at = self.clock()
         entries = (self._entry(m, policies.get(m.name, "once"), loaded_at) for m in models)
-        return {entry.name: entry for entry in entries if entry is not None}
+        loaded = {entry.name: entry for entry in entries if entry is not None}
+        for entry in loaded.values():
+            if entry.never_ran:
+                self._anchor(entry)
+        return loaded
+
+    def _anchor(self, entry: Entry) -> None:
+        # Without a stored start, a reload or a new leader would count again from its own
+        # load time, postponing an interval entry or skipping a crontab slot due meanwhile.
+        stored = self._ledger.anchor(entry.name, entry.last_run_at)
+        if stored is not None:
+            entry.anchor_at(stored)
 
     def _entry(self, model: PeriodicTask, catch_up: str, loaded_at: datetime) -> Entry | None:
         try:

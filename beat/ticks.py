@@ -87,6 +87,13 @@ class TickLedger:
             connection.execute(queries.ADVANCE_ENTRY,
                                {"entry_name": entry_name, "due_at": due_at, "fired": 0})
 
+    def anchor(self, entry_name: str, at: datetime) -> datetime | None:
+        """Store ``at`` as the last run of ``entry_name`` if it has none; the stored value."""
+        connection = self._leadership.connection
+        with connection.begin():
+            self._check_lock(connection)
+            return connection.scalar(queries.ANCHOR_ENTRY, {"entry_name": entry_name, "at": at})
+
     def report_unsent(self) -> None:
         """Log the ticks a previous leader claimed but may not have published."""
         for name, due_at, leader in self._rows(queries.UNSENT_TICKS):

@@ -210,3 +210,25 @@ def test_with_pgjobs_transport_tick_and_message_commit_together(
         scheduler._ledger.fire(tick, publish_then_fail)
     assert len(ticks(app_db, "g")) == 1
     assert drain(pgjobs_transport, QUEUE, idle=1.0) == []
+
+
+def test_an_entry_that_never_ran_keeps_its_slot_across_a_leader_change(
+        make_scheduler, app_db: str) -> None:
+    # Given a daily 04:00 entry without a last run, as sqlalchemy-celery-beat's API writes one
+    add("h", "--cron", "0 4 * * *", "--timezone", "UTC")
+    rows(app_db, "UPDATE celery_periodictask SET last_run_at = NULL WHERE name = 'h'")
+    slot = utc(2030, 6, 4, 4)
+    # ... and a leader that loaded it a minute before its slot, then went away
+    first = make_scheduler("beat-first")
+    first.clock = lambda: slot - timedelta(minutes=1)
+    first.tick()
+    assert first.is_leader
+    first.close()
+
+    # When another leader takes over just after the slot
+    second = make_scheduler("beat-second")
+    second.clock = lambda: slot + timedelta(seconds=5)
+    second.tick()
+
+    # Then it sends the 04:00 run instead of counting from its own start and skipping it
+    assert [(row[1], row[3]) for row in ticks(app_db, "h")] == [(slot, "beat-second")]
