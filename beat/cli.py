@@ -27,6 +27,7 @@ from beat.specs import (
     IntervalSpec,
     Schedule,
     SpecError,
+    check_timezone,
     parse_json,
 )
 from config.settings import SettingsError, get_settings
@@ -84,6 +85,7 @@ def _schedule_spec(cron: str | None, every: int | None, at: str | None,
                    timezone: str) -> Schedule:
     if sum(option is not None for option in (cron, every, at)) != 1:
         raise SpecError("give exactly one of --cron, --every or --at")
+    check_timezone(timezone)  # a mistyped zone is an error even where it is not used
     if cron is not None:
         return CronSpec.parse(cron, timezone)
     if every is not None:

@@ -28,6 +28,8 @@ def add_tick(name: str = "tick", *extra: str):
     (["add", "x", "--task", "t", "--cron", "0 4 * *"], "must have 5 fields"),
     (["add", "x", "--task", "t", "--cron", "0 4 * * *", "--timezone", "Mars/Olympus"],
      "unknown time zone 'Mars/Olympus'"),
+    (["add", "x", "--task", "t", "--every", "5", "--timezone", "Mars/Olympus"],
+     "unknown time zone 'Mars/Olympus'"),
     (["add", "x", "--task", "t", "--every", "5", "--args", "[1,"], "--args is not valid JSON"),
     (["add", "x", "--task", "t", "--every", "5", "--kwargs", "{\"a\": }"],
      "--kwargs is not valid JSON"),
