@@ -68,9 +68,12 @@ ANCHOR_ENTRY = text(
 
 RESTORE_ENTRY = text(
     "UPDATE celery_periodictask SET last_run_at = :last_run_at,"
-    " total_run_count = GREATEST(total_run_count - 1, 0), enabled = :enabled"
+    " total_run_count = GREATEST(total_run_count - 1, 0),"
+    " enabled = CASE WHEN one_off THEN :enabled ELSE enabled END"
     " WHERE name = :entry_name"
 )
+"""Undo ADVANCE_ENTRY for a tick given back. Only a one-off entry's ``enabled`` was changed
+by it: a pause committed meanwhile by an operator must stay."""
 
 UNSENT_TICKS = text(
     "SELECT entry_name, due_at, leader FROM pgjobs_beat_tick WHERE sent_at IS NULL"

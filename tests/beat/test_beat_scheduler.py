@@ -232,3 +232,26 @@ def test_an_entry_that_never_ran_keeps_its_slot_across_a_leader_change(
 
     # Then it sends the 04:00 run instead of counting from its own start and skipping it
     assert [(row[1], row[3]) for row in ticks(app_db, "h")] == [(slot, "beat-second")]
+
+
+def test_a_pause_made_while_a_publish_fails_is_kept(leader, app_db: str,
+                                                    created: datetime) -> None:
+    from beat.ticks import TickLedger
+
+    # Given an entry, and a leader publishing outside the claiming transaction
+    add("p", "--every", "60")
+    ledger = TickLedger(leader.leadership, in_transaction=None)
+    tick = Tick("p", created + timedelta(days=1), "never-sent", created)
+
+    # When the operator pauses the entry while the publish of its tick is failing
+    def pause_then_fail() -> None:
+        invoke("pause", "p")
+        raise RuntimeError("the broker is down")
+
+    with pytest.raises(RuntimeError):
+        ledger.fire(tick, pause_then_fail)
+
+    # Then the claim was given back, and the entry stays paused
+    assert ticks(app_db, "p") == []
+    assert rows(app_db, "SELECT enabled FROM celery_periodictask WHERE name = 'p'") == [
+        (False,)]
