@@ -48,7 +48,7 @@ class QoS(virtual.QoS):
         self._delivered.clear()
         if tags:
             try:
-                self.channel.store.release(tags)
+                self.channel.release(tags)
             except psycopg.Error as exc:
                 logger.warning("pgjobs broker: could not release %d message(s) (%s); they "
                                "return after visibility_timeout", len(tags), _first_line(exc))
@@ -65,6 +65,8 @@ class Channel(virtual.Channel):
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         self.store = connection.store
+        # Kept for acks and rejects that arrive after the connection closed.
+        self.consumer_id = connection.consumer_id
         self.pending = True
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
@@ -95,9 +97,13 @@ class Channel(virtual.Channel):
     def reject(self, tag: int, requeue: bool) -> None:
         """Requeue at once, or move to the dead-letter table."""
         if requeue:
-            self._run(self.store.release, [tag])
+            self._run(self.release, [tag])
         else:
             self._run(self.store.dead_letter, tag, REJECTED)
+
+    def release(self, tags: list[int]) -> None:
+        """Put back the messages among ``tags`` that this channel's consumer still holds."""
+        self.store.release(tags, self.consumer_id)
 
     def _run(self, operation: Any, *args: Any) -> None:
         if self.connection is None:

@@ -132,9 +132,11 @@ DELETE FROM pgjobs_broker_message WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: release
 -- Return held messages to their queues at once (requeue, channel close), and wake the queues.
+-- Only the holder gives a message back: one whose lease lapsed and was rescued may be running
+-- on another consumer by now, and releasing it would hand it to a third.
 WITH released AS (
     UPDATE pgjobs_broker_message SET consumer = NULL
-    WHERE id = ANY(%(ids)s::bigint[])
+    WHERE id = ANY(%(ids)s::bigint[]) AND consumer = %(consumer)s
     RETURNING queue
 )
 SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)

@@ -136,9 +136,10 @@ class Store:
         """Delete delivered messages."""
         self._execute("ack", {"ids": list(message_ids)})
 
-    def release(self, message_ids: Sequence[int]) -> None:
-        """Return held messages to their queues at once."""
-        self._execute("release", {"ids": list(message_ids)})
+    def release(self, message_ids: Sequence[int], consumer: uuid.UUID) -> None:
+        """Return the messages ``consumer`` still holds among ``message_ids`` to their queues
+        at once."""
+        self._execute("release", {"ids": list(message_ids), "consumer": consumer})
 
     def dead_letter(self, message_id: int, reason: str) -> None:
         self._execute("dead_letter", {"id": message_id, "reason": reason})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -12,6 +13,10 @@ from kombu.message import Message
 PG_TRANSPORT = "broker.transport:Transport"
 # Short intervals keep lease and wake-up tests quick.
 FAST_OPTIONS = {"polling_interval": 0.2, "visibility_timeout": 2, "heartbeat_interval": 0.2}
+
+Connect = Callable[..., Connection]
+"""Opens a connected kombu connection on the test database; keyword arguments are extra
+transport options."""
 
 
 def collect(conn: Connection, queues: list[Queue], count: int, timeout: float = 10.0,
@@ -39,3 +44,25 @@ def sql(url: str, statement: str, params: dict[str, Any] | None = None) -> list[
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(statement, params or {})  # type: ignore[arg-type]
         return cursor.fetchall() if cursor.description else []
+
+
+def rows(db_url: str, queue: str) -> list[tuple[Any, ...]]:
+    """``(id, consumer)`` of every message row of ``queue``."""
+    return sql(db_url, "SELECT id, consumer FROM pgjobs_broker_message WHERE queue = %(q)s "
+                       "ORDER BY id", {"q": queue})
+
+
+def publish(conn: Connection, queue: Queue, body: Any, **options: Any) -> None:
+    # The default exchange ('') routes by queue name.
+    routing_key = queue.routing_key if queue.exchange.name else queue.name
+    conn.Producer().publish(body, exchange=queue.exchange, routing_key=routing_key,
+                            declare=[queue], **options)
+
+
+def kill_heartbeat(conn: Connection, db_url: str) -> None:
+    """Make ``conn``'s consumer look dead: no more heartbeats, and its last one aged past
+    its visibility timeout."""
+    transport = conn.transport
+    transport.heartbeat.stop()
+    sql(db_url, "UPDATE pgjobs_broker_consumer SET expires_at = now() - interval '1 second' "
+                "WHERE id = %(id)s", {"id": transport.consumer_id})

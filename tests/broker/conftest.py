@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, Connect
 from kombu import Connection
 
 
@@ -22,3 +24,16 @@ def connections() -> Iterator[list[Connection]]:
     yield opened
     for conn in opened:
         conn.release()
+
+
+@pytest.fixture
+def connect(db_url: str, connections: list[Connection]) -> Connect:
+    """Connected kombu connections on this test's database, with short intervals."""
+    def make(**options: Any) -> Connection:
+        conn = Connection(db_url, transport=PG_TRANSPORT,
+                          transport_options={**FAST_OPTIONS, **options})
+        connections.append(conn)
+        conn.connect()
+        return conn
+
+    return make

@@ -5,54 +5,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, collect, sql
+from broker_helpers import (
+    PG_TRANSPORT,
+    Connect,
+    collect,
+    kill_heartbeat,
+    publish,
+    rows,
+    sql,
+)
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.exceptions import OperationalError
 
 from tests.polling import wait_until
-
-Connect = Callable[..., Connection]
-
-
-@pytest.fixture
-def connect(db_url: str, connections: list[Connection]) -> Connect:
-    def make(**options: Any) -> Connection:
-        conn = Connection(db_url, transport=PG_TRANSPORT,
-                          transport_options={**FAST_OPTIONS, **options})
-        connections.append(conn)
-        conn.connect()
-        return conn
-
-    return make
-
-
-def rows(db_url: str, queue: str) -> list[tuple[Any, ...]]:
-    """``(id, consumer)`` of every message row of ``queue``."""
-    return sql(db_url, "SELECT id, consumer FROM pgjobs_broker_message WHERE queue = %(q)s "
-                       "ORDER BY id", {"q": queue})
-
-
-def publish(conn: Connection, queue: Queue, body: Any, **options: Any) -> None:
-    # The default exchange ('') routes by queue name.
-    routing_key = queue.routing_key if queue.exchange.name else queue.name
-    conn.Producer().publish(body, exchange=queue.exchange, routing_key=routing_key,
-                            declare=[queue], **options)
-
-
-
-
-def kill_heartbeat(conn: Connection, db_url: str) -> None:
-    """Make ``conn``'s consumer look dead: no more heartbeats, and its last one aged past
-    its visibility timeout."""
-    transport = conn.transport
-    transport.heartbeat.stop()
-    sql(db_url, "UPDATE pgjobs_broker_consumer SET expires_at = now() - interval '1 second' "
-                "WHERE id = %(id)s", {"id": transport.consumer_id})
 
 
 def test_ack_deletes_the_row(connect: Connect, db_url: str) -> None:
