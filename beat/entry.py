@@ -9,7 +9,7 @@ from celery import schedules
 from celery.utils.time import maybe_make_aware
 from sqlalchemy_celery_beat.schedulers import ModelEntry
 
-from beat.slots import DISTANT_PAST, CatchUp, OnceSlots, Plan, Slots, plan, slots_for
+from beat.slots import CatchUp, OnceSlots, Plan, Slots, counting_from, plan, slots_for
 
 # A slot that is at most this late is on time, not missed. It covers a leader failover
 # (under 10 s) with room to spare, so failover alone never makes ``catch_up=skip`` drop a run.
@@ -31,12 +31,7 @@ class Entry(ModelEntry):
         self.catch_up = catch_up
         self.slots: Slots | None = slots_for(self.schedule) if model.enabled else None
         self.stored_last_run_at = stored
-        self.last_run_at = self._anchor(stored, loaded_at or datetime.now(UTC))
-
-    def _anchor(self, stored: datetime | None, loaded_at: datetime) -> datetime:
-        if stored is not None:
-            return maybe_make_aware(stored).astimezone(UTC)
-        return DISTANT_PAST if isinstance(self.slots, OnceSlots) else loaded_at
+        self.last_run_at = counting_from(self.slots, stored, loaded_at or datetime.now(UTC))
 
     @property
     def never_ran(self) -> bool:

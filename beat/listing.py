@@ -13,7 +13,7 @@ from sqlalchemy_celery_beat.models import (
     PeriodicTask,
 )
 
-from beat.slots import DISTANT_PAST, OnceSlots, slots_for
+from beat.slots import counting_from, slots_for
 from beat.store import Row
 
 COLUMNS = ("NAME", "TASK", "SCHEDULE", "ENABLED", "LAST RUN", "NEXT RUN")
@@ -77,9 +77,7 @@ def _next_run(task: PeriodicTask, now: datetime, zone: ZoneInfo) -> str:
         return "invalid schedule"
     if slots is None:
         return "-"
-    anchor = DISTANT_PAST if isinstance(slots, OnceSlots) and not task.total_run_count else \
-        maybe_make_aware(task.last_run_at or now)
-    upcoming = slots.first_after(anchor)
+    upcoming = slots.first_after(counting_from(slots, task.last_run_at, now))
     if upcoming is None:
         return "done"
     return "now (overdue)" if upcoming <= now else _when(upcoming, zone)

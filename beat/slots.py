@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from celery import schedules
+from celery.utils.time import maybe_make_aware
 from sqlalchemy_celery_beat.clockedschedule import clocked
 
 # How far ahead or back a crontab is searched: covers "29 February" with room to spare.
@@ -171,6 +172,14 @@ def slots_for(schedule: object) -> Slots | None:
     if isinstance(schedule, schedules.BaseSchedule):
         return EstimateSlots(schedule)
     return None
+
+
+def counting_from(slots: Slots | None, stored: datetime | None, now: datetime) -> datetime:
+    """Where an entry counts its slots from: its stored last run; without one, the start of
+    time for a one-off (so a run missed during downtime still happens once), else ``now``."""
+    if stored is not None:
+        return maybe_make_aware(stored).astimezone(UTC)
+    return DISTANT_PAST if isinstance(slots, OnceSlots) else now
 
 
 CatchUp = Literal["once", "skip"]

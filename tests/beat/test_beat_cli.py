@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from beat_helpers import drain, rows, snapshot
 from click.testing import CliRunner
@@ -157,3 +159,18 @@ def test_run_sends_once_now_through_the_broker(app_db: str) -> None:
     assert messages[0]["id"] in result.output
     # ... without touching the schedule
     assert rows(app_db, "SELECT total_run_count FROM celery_periodictask") == [(0,)]
+
+
+def test_list_shows_a_one_off_resumed_after_its_time_as_not_running(app_db: str) -> None:
+    # Given a one-off entry resumed only after its time had passed (resume counts from now)
+    at = datetime.now(UTC) + timedelta(minutes=1)
+    assert invoke("add", "later", "--task", "t", "--at", at.isoformat()).exit_code == 0
+    rows(app_db, "UPDATE celery_periodictask SET last_run_at = %(t)s WHERE name = 'later'",
+         {"t": at + timedelta(seconds=1)})
+
+    # When listing
+    listed = invoke("list").output
+
+    # Then its next run says it will not run, as the scheduler will not run it
+    assert [line.split()[-1] for line in listed.splitlines() if line.startswith("later")] == [
+        "done"]
