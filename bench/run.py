@@ -38,6 +38,7 @@ from pathlib import Path
 
 import click
 from celery import Celery
+from kombu import Producer
 
 if not __package__:  # run as a script: make `bench` and `config` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -159,18 +160,19 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def enqueue_rate(app: Celery, count: int) -> float:
+def enqueue_rate(app: Celery, producer: Producer, count: int) -> float:
     """Tasks per second published by one producer; the first (warm-up) one is not timed."""
     task = app.tasks[NOOP]
-    with app.producer_or_acquire() as producer:
+    task.apply_async(producer=producer)
+    started = time.perf_counter()
+    for _ in range(count):
         task.apply_async(producer=producer)
-        started = time.perf_counter()
-        for _ in range(count):
-            task.apply_async(producer=producer)
-        return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started)
 
 
-def transactional_enqueue_rate(app: Celery, database_url: str, count: int) -> float:
+def transactional_enqueue_rate(
+    app: Celery, producer: Producer, database_url: str, count: int
+) -> float:
     """Tasks per second published by pgjobs inside one transaction of the caller's, commit
     included (``broker.in_transaction``)."""
     import psycopg
@@ -178,7 +180,7 @@ def transactional_enqueue_rate(app: Celery, database_url: str, count: int) -> fl
     from broker import in_transaction
 
     task = app.tasks[NOOP]
-    with psycopg.connect(database_url) as conn, app.producer_or_acquire() as producer:
+    with psycopg.connect(database_url) as conn:
         started = time.perf_counter()
         with conn.transaction(), in_transaction(conn):
             for _ in range(count):
@@ -192,12 +194,12 @@ def drain_rate(reports: Reports, count: int) -> float:
     return count / (max(end for _, end in runs) - min(start for start, _ in runs))
 
 
-def latencies(app: Celery, reports: Reports, plan: Plan) -> list[float]:
+def latencies(app: Celery, producer: Producer, reports: Reports, plan: Plan) -> list[float]:
     """Publish-to-start delays in milliseconds, one task at a time."""
     task, found = app.tasks[PROBE], []
     budget_ends = time.monotonic() + plan.latency_budget
     while len(found) < plan.samples and time.monotonic() < budget_ends:
-        task.apply_async((time.time(),))
+        task.apply_async((time.time(),), producer=producer)
         ((published, started),) = reports.collect("probe", 1, timeout=30)
         found.append((started - published) * 1000)
         time.sleep(random.uniform(0, plan.pause))
@@ -213,24 +215,29 @@ def percentile(values: list[float], pct: float) -> float:
 def measure(plan: Plan, broker: str, logdir: Path) -> Result:
     result, app, reports = Result(broker), plan.app(broker), Reports()
     try:
-        result.enqueue_rate = enqueue_rate(app, plan.tasks)
-        with worker(plan, broker, reports, logdir / f"worker-{broker}.log"):
-            result.drain_rate = drain_rate(reports, plan.tasks + 1)
-            samples = latencies(app, reports, plan)
-        result.samples = len(samples)
-        result.p50_ms, result.p99_ms = percentile(samples, 50), percentile(samples, 99)
-        if broker == "pgjobs":  # left queued: the database is dropped at the end
-            result.transactional_enqueue_rate = transactional_enqueue_rate(
-                app, plan.database_url, plan.tasks)
+        # A connection of our own for every publication: Celery's producer pool is
+        # process-global and would outlive this broker's turn.
+        with app.connection_for_write() as conn, conn.Producer() as producer:
+            _measure(plan, app, producer, reports, logdir / f"worker-{broker}.log", result)
     except Exception as error:  # one broker failing must not hide the others' figures
         result.error = f"{type(error).__name__}: {error} (log: {logdir})"
     finally:
         reports.close()
-        # Celery's app.close() only forgets its pools; close their connections too.
-        app.amqp.producer_pool.force_close_all()
-        app.pool.force_close_all()
         app.close()
     return result
+
+
+def _measure(plan: Plan, app: Celery, producer: Producer, reports: Reports, log: Path,
+             result: Result) -> None:
+    result.enqueue_rate = enqueue_rate(app, producer, plan.tasks)
+    with worker(plan, result.broker, reports, log):
+        result.drain_rate = drain_rate(reports, plan.tasks + 1)
+        samples = latencies(app, producer, reports, plan)
+    result.samples = len(samples)
+    result.p50_ms, result.p99_ms = percentile(samples, 50), percentile(samples, 99)
+    if result.broker == "pgjobs":  # left queued: the database is dropped at the end
+        result.transactional_enqueue_rate = transactional_enqueue_rate(
+            app, producer, plan.database_url, plan.tasks)
 
 
 def table(results: list[Result]) -> str:

@@ -40,10 +40,18 @@ class Procs:
     def publish(self, keys: list[str], seconds: float = 0.0, **options: object) -> list[str]:
         """Send one ``record`` task per key; returns the task ids."""
         task = self.app.tasks[process_app.RECORD_TASK]
-        with self.app.producer_or_acquire() as producer:
+        # Connections of our own, not Celery's pools: those are process-global, keyed by
+        # broker URL, and would outlive this test.
+        with self.app.connection_for_write() as conn, conn.Producer() as producer:
             return [
                 task.apply_async((key, seconds), producer=producer, **options).id for key in keys
             ]
+
+    def scheduled(self, nodename: str) -> list[dict]:
+        """The ETA tasks worker ``nodename`` holds, as ``celery inspect scheduled`` says."""
+        with self.app.connection_for_write() as conn:
+            inspect = self.app.control.inspect([nodename], timeout=1.0, connection=conn)
+            return (inspect.scheduled() or {}).get(nodename) or []
 
     def settle(self) -> None:
         """Let a full rescue cycle pass, so a duplicate delivery would have run by now.
@@ -71,9 +79,6 @@ def procs_on(database_url: str, logdir: Path) -> Iterator[Procs]:
         yield Procs(database_url, app, workers, Runs(database_url))
     finally:
         workers.kill_all()
-        # Celery's app.close() only forgets its pools; close their connections here.
-        app.amqp.producer_pool.force_close_all()
-        app.pool.force_close_all()
         app.close()
 
 

@@ -77,8 +77,7 @@ def test_eta_task_held_by_a_killed_worker_runs_once_not_before_its_eta(procs):
 
 def _holds(procs, worker, task_id: str) -> bool:
     """Whether ``worker`` reports ``task_id`` among its scheduled (ETA) tasks."""
-    replies = procs.app.control.inspect([worker.nodename], timeout=1.0).scheduled() or {}
-    scheduled = replies.get(worker.nodename) or []
+    scheduled = procs.scheduled(worker.nodename)
     if not scheduled:
         time.sleep(0.2)
     return any(entry["request"]["id"] == task_id for entry in scheduled)
