@@ -161,8 +161,29 @@ class Channel(virtual.Channel):
             self._acks[:0] = acks  # not recorded: keep them for the next try, or the close
             raise
         self.pending = len(rows) >= limit
-        self._auto_ack([row for row in rows if row.queue in self._no_ack_queues])
-        return sum(self._deliver(row) for row in rows)
+        return self._hand_over(rows)
+
+    def _hand_over(self, rows: list[Claimed]) -> int:
+        """Deliver ``rows`` in order; returns how many were delivered. When a callback
+        raises, the rows not reached yet go back to their queues: they are in no QoS state, so
+        nothing else would release them while this consumer lives."""
+        delivered = reached = 0
+        try:
+            for row in rows:
+                reached += 1
+                delivered += self._deliver(row)
+        finally:
+            self._auto_ack([row for row in rows[:reached] if row.queue in self._no_ack_queues])
+            if reached < len(rows):
+                self._give_back(rows[reached:])
+        return delivered
+
+    def _give_back(self, rows: list[Claimed]) -> None:
+        try:
+            self.release([row.id for row in rows])
+        except psycopg.Error as exc:
+            logger.warning("pgjobs broker: could not give back %d message(s) (%s); they return "
+                           "when this connection closes", len(rows), _first_line(exc))
 
     def _window_half_full(self, free: int) -> bool:
         window = self.qos.prefetch_count
@@ -170,7 +191,7 @@ class Channel(virtual.Channel):
 
     def _auto_ack(self, rows: list[Claimed]) -> None:
         """Consumers with ``no_ack`` (e.g. remote control) never ack: their messages are
-        deleted as they are handed over."""
+        deleted once handed over."""
         if rows:
             self.ack([row.id for row in rows])
 

@@ -3,6 +3,8 @@ consumer claimed stays stranded in its hands."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from broker_helpers import Connect, kill_heartbeat, publish, rows
 from kombu import Connection, Queue
@@ -38,3 +40,23 @@ def test_a_consumer_whose_lease_lapsed_cannot_give_back_what_another_now_holds(
     # then the second still holds it, so no third consumer can run it at the same time
     assert rows(db_url, "contested") == [(current.delivery_tag, second.transport.consumer_id)]
 
+
+def test_a_failing_callback_does_not_strand_the_rest_of_its_claim(
+        connect: Connect, db_url: str) -> None:
+    # given three messages claimed together by a consumer whose callback fails on the first
+    conn = connect()
+    queue = Queue("stranded")
+    for n in range(3):
+        publish(conn, queue, {"n": n})
+
+    def on_message(body: Any, message: Message) -> None:
+        raise RuntimeError("the application's handler failed")
+
+    consumer = conn.Consumer([queue], callbacks=[on_message])
+    consumer.consume()
+    # when the failure surfaces from drain_events
+    with pytest.raises(RuntimeError):
+        conn.drain_events(timeout=2)
+    # then the two messages it never handed over wait in the queue for any consumer
+    assert [consumer_id for _, consumer_id in rows(db_url, "stranded")[1:]] == [None, None]
+    assert len(conn.transport.claim(["stranded"], 10)) == 2
