@@ -32,6 +32,8 @@ def add_tick(name: str = "tick", *extra: str):
      "unknown time zone 'Mars/Olympus'"),
     (["add", "x", "--task", "t", "--every", "5", "--timezone", "Mars/Olympus"],
      "unknown time zone 'Mars/Olympus'"),
+    (["add", "x", "--task", "t", "--cron", "0 4 * * *", "--timezone", "posix/Europe/Paris"],
+     "unknown time zone 'posix/Europe/Paris'"),
     (["add", "x", "--task", "t", "--every", "5", "--args", "[1,"], "--args is not valid JSON"),
     (["add", "x", "--task", "t", "--every", "5", "--kwargs", "{\"a\": }"],
      "--kwargs is not valid JSON"),
