@@ -122,9 +122,11 @@ class Channel(virtual.Channel):
             self.store.close()
 
     def flush_acks(self) -> None:
+        """Send the acks waiting for this loop turn; on failure they stay for the next try,
+        or the close, since a lost ack means the task runs again."""
         if self._acks:
-            tags, self._acks = self._acks, []
-            self.store.ack(tags)
+            self.store.ack(self._acks)
+            self._acks = []
 
     # -- consuming ------------------------------------------------------------------------
 

@@ -171,3 +171,29 @@ def test_in_the_event_loop_a_new_listen_connection_is_watched_after_a_reconnect(
     finally:
         consumer.release()
         hub.close()
+
+
+def test_acks_that_could_not_be_sent_are_sent_when_the_channel_closes(
+        db_url: str, conns: list[Connection]) -> None:
+    # given a consumer on kombu's event loop, whose acks wait for the loop's next turn
+    from kombu.asynchronous import Hub
+
+    conn = connect(db_url, conns)
+    queue = Queue("acked-late")
+    queue(conn.default_channel).declare()
+    conn.Producer().publish({"n": 1}, routing_key="acked-late")
+    hub = Hub()
+    try:
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        channel = conn.default_channel
+        queue(channel).get().ack()
+        # when its session dies just as the turn sends the delete
+        terminate(db_url, conn.transport.store.connect().info.backend_pid)
+        with pytest.raises(conn.connection_errors):
+            channel.flush_acks()
+        # and the connection is closed, as kombu and Celery do after a connection error
+        conn.release()
+        # then the acknowledged message is deleted, not given back to run again
+        assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_message") == [(0,)]
+    finally:
+        hub.close()
