@@ -20,8 +20,9 @@ class Entry(ModelEntry):
     """One enabled ``celery_periodictask`` row, ready to plan and send.
 
     ``last_run_at`` is the last slot fired or skipped (not the wall time of the send). A
-    row that never ran counts from ``loaded_at``; a one-off clocked entry from the start
-    of time, so that a run missed during downtime still happens once.
+    row that never ran counts from ``loaded_at``, which the leader then stores (see
+    :meth:`anchor_at`); a one-off clocked entry from the start of time, so that a run
+    missed during downtime still happens once.
     """
 
     def __init__(self, model, Session, app=None, catch_up: CatchUp = "once",  # noqa: N803
