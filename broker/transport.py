@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import uuid
@@ -352,14 +353,21 @@ def _conninfo(client: Any) -> str:
                          password=client.password or None, dbname=client.virtual_host or None)
 
 
+# libpq also takes the password as a URI parameter: ...?password=secret
+_QUERY_PASSWORD = re.compile(r"(?:^|(?<=&))password=[^&]*")
+
+
 def redact(url: str, mask: str = "**") -> str:
-    """``url`` with its password masked."""
+    """``url`` with its password masked, in the user part and in the parameters."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable broker URL>"
-    if parts.password is None:
+    query = _QUERY_PASSWORD.sub(lambda _: f"password={mask}", parts.query)
+    if parts.password is None and query == parts.query:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{mask}@{netloc[1]}"))
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}:{mask}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
