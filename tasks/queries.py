@@ -44,13 +44,16 @@ DESCRIBE_RETENTION_TARGET = text(
 
 COUNT_EXPIRED = sql.SQL("SELECT count(*) FROM {table} WHERE {column} < %(cutoff)s")
 
-# Deletes at most :batch_size expired rows. ctid = ANY(ARRAY(...)) is planned as a TID scan,
-# so each batch touches only the rows it deletes and holds its row locks briefly.
+# Deletes a batch of about :batch_size expired rows. ctid = ANY(ARRAY(...)) is planned as a
+# TID scan, so each batch touches only the rows it deletes and holds its row locks briefly.
+# The cutoff is tested again on the deleted rows: a ctid is unique only within one table, and
+# in a table with inheriting children it also matches rows of the other children.
 DELETE_EXPIRED_BATCH = sql.SQL(
     """
     DELETE FROM {table}
     WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM {table} WHERE {column} < %(cutoff)s LIMIT %(batch_size)s
     ))
+    AND {column} < %(cutoff)s
     """
 )

@@ -165,3 +165,27 @@ def test_missing_pgjobs_table_points_at_migrate_and_deletes_nothing(seeded):
     assert "'pgjobs_sent_email'" in str(result.result) and "pgjobs migrate" in str(result.result)
     with psycopg.connect(seeded) as conn:
         assert conn.execute("SELECT count(*) FROM celery_taskmeta").fetchone()[0] == 7
+
+
+def test_a_table_with_inheriting_children_loses_only_its_expired_rows(app_db, settings_env):
+    # Given a rule on a parent table whose two children each hold one row at the same ctid:
+    # an expired one in the first, a fresh one in the second (ctids are per table)
+    with psycopg.connect(app_db) as conn:
+        conn.execute("""
+            CREATE TABLE audit_log (logged_at timestamptz NOT NULL, note text);
+            CREATE TABLE audit_log_a () INHERITS (audit_log);
+            CREATE TABLE audit_log_b () INHERITS (audit_log);
+            INSERT INTO audit_log_a VALUES (now() - interval '10 days', 'old');
+            INSERT INTO audit_log_b VALUES (now(), 'new');
+        """)
+    settings_env(RETENTION_TABLES=json.dumps(
+        [{"table": "audit_log", "column": "logged_at", "max_age_days": 1}]))
+
+    # When the retention job runs
+    result = delete_old_data.apply()
+
+    # Then the expired row is gone and the fresh one, in the other child, is kept
+    assert result.successful(), result.traceback
+    assert result.result["audit_log"] == 1
+    with psycopg.connect(app_db) as conn:
+        assert conn.execute("SELECT note FROM audit_log").fetchall() == [("new",)]
