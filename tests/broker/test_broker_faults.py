@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, sql
 from kombu import Connection, Consumer, Queue
+from kombu.message import Message
 
 from broker.messages import wake_channel
 
@@ -63,6 +64,16 @@ def test_the_listener_reconnects_by_itself_and_hears_notifications_again(
         assert wake_channel("woken") in heard
 
 
+def deliver_one(conn: Connection, name: str) -> Message:
+    """Publish one message to a new queue ``name`` and have ``conn`` take it, unacknowledged."""
+    queue = Queue(name)
+    queue(conn.default_channel).declare()
+    conn.Producer().publish({"n": 1}, routing_key=name)
+    message = queue(conn.default_channel).get()
+    assert message is not None
+    return message
+
+
 def drain(conn: Connection) -> None:
     try:
         conn.drain_events(timeout=0.2)
@@ -105,10 +116,7 @@ def test_a_forked_child_closing_the_connection_leaves_the_parents_consumer_alone
     import os
 
     parent = connect(db_url, conns)
-    queue = Queue("forked")
-    queue(parent.default_channel).declare()
-    parent.Producer().publish({"n": 1}, routing_key="forked")
-    assert queue(parent.default_channel).get() is not None
+    deliver_one(parent, "forked")
     # when a forked child closes its inherited copy of the connection and exits
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -128,10 +136,7 @@ def test_an_ack_after_the_connection_closed_still_deletes_the_message(
     # given a message delivered on a connection that then goes away (as when PostgreSQL
     # restarts while a task runs): its lease is released
     conn = connect(db_url, conns)
-    queue = Queue("late")
-    queue(conn.default_channel).declare()
-    conn.Producer().publish({"n": 1}, routing_key="late")
-    message = queue(conn.default_channel).get()
+    message = deliver_one(conn, "late")
     conn.release()
     assert sql(db_url, "SELECT consumer FROM pgjobs_broker_message") == [(None,)]
     # when the task finishes and acknowledges it
@@ -179,18 +184,14 @@ def test_acks_that_could_not_be_sent_are_sent_when_the_channel_closes(
     from kombu.asynchronous import Hub
 
     conn = connect(db_url, conns)
-    queue = Queue("acked-late")
-    queue(conn.default_channel).declare()
-    conn.Producer().publish({"n": 1}, routing_key="acked-late")
     hub = Hub()
     try:
         conn.transport.register_with_event_loop(conn.connection, hub)
-        channel = conn.default_channel
-        queue(channel).get().ack()
+        deliver_one(conn, "acked-late").ack()
         # when its session dies just as the turn sends the delete
         terminate(db_url, conn.transport.store.connect().info.backend_pid)
         with pytest.raises(conn.connection_errors):
-            channel.flush_acks()
+            conn.default_channel.flush_acks()
         # and the connection is closed, as kombu and Celery do after a connection error
         conn.release()
         # then the acknowledged message is deleted, not given back to run again
