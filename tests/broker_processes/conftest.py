@@ -40,18 +40,15 @@ class Procs:
     def publish(self, keys: list[str], seconds: float = 0.0, **options: object) -> list[str]:
         """Send one ``record`` task per key; returns the task ids."""
         task = self.app.tasks[process_app.RECORD_TASK]
-        # Connections of our own, not Celery's pools: those are process-global, keyed by
-        # broker URL, and would outlive this test.
-        with self.app.connection_for_write() as conn, conn.Producer() as producer:
+        with self.app.producer_or_acquire() as producer:
             return [
                 task.apply_async((key, seconds), producer=producer, **options).id for key in keys
             ]
 
     def scheduled(self, nodename: str) -> list[dict]:
         """The ETA tasks worker ``nodename`` holds, as ``celery inspect scheduled`` says."""
-        with self.app.connection_for_write() as conn:
-            inspect = self.app.control.inspect([nodename], timeout=1.0, connection=conn)
-            return (inspect.scheduled() or {}).get(nodename) or []
+        replies = self.app.control.inspect([nodename], timeout=1.0).scheduled()
+        return (replies or {}).get(nodename) or []
 
     def settle(self) -> None:
         """Let a full rescue cycle pass, so a duplicate delivery would have run by now.
@@ -79,6 +76,11 @@ def procs_on(database_url: str, logdir: Path) -> Iterator[Procs]:
         yield Procs(database_url, app, workers, Runs(database_url))
     finally:
         workers.kill_all()
+        # Celery's close() only forgets its pools, and the broadcast behind `inspect` publishes
+        # through the process-global producer pool. Every test has a broker identity of its own
+        # (its database, or a Redis key prefix), so closing them here touches no other test.
+        app.amqp.producer_pool.force_close_all()
+        app.pool.force_close_all()
         app.close()
 
 

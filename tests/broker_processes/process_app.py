@@ -41,7 +41,9 @@ RECORD_TASK = "process_test.record"
 _DATABASE_PATIENCE = 60.0
 
 
-def broker_settings(broker: str, database_url: str, visibility_timeout: float) -> dict[str, Any]:
+def broker_settings(
+    broker: str, database_url: str, queue: str, visibility_timeout: float
+) -> dict[str, Any]:
     """Celery settings selecting ``broker``; ValueError names an unknown one."""
     if broker == "pgjobs":
         return {
@@ -60,6 +62,8 @@ def broker_settings(broker: str, database_url: str, visibility_timeout: float) -
             "broker_url": redis_url,
             "broker_transport_options": {
                 "visibility_timeout": visibility_timeout,
+                # One key space per test, as each test has a database of its own.
+                "global_keyprefix": f"{queue}:",
                 # Sweep for a dead worker's messages every second, not every 100.
                 "unacked_restore_interval": 1,
                 "unacked_restore_throttle": 1,
@@ -74,7 +78,7 @@ def build_app(
     """The test app: JSON only, acks late, a dead worker's task goes back to the queue."""
     app = Celery("process_test", set_as_current=False)
     app.conf.update(
-        broker_settings(broker, database_url, visibility_timeout),
+        broker_settings(broker, database_url, queue, visibility_timeout),
         broker_connection_retry_on_startup=True,
         accept_content=["json"],
         task_serializer="json",
