@@ -112,9 +112,11 @@ SET_ENABLED = text(
 
 RESUME = text(
     "UPDATE celery_periodictask SET enabled = true, date_changed = now(),"
-    " last_run_at = now() WHERE name = ANY(:names) RETURNING name"
+    " last_run_at = CASE WHEN enabled THEN last_run_at ELSE now() END"
+    " WHERE name = ANY(:names) RETURNING name"
 )
-"""Resume from now: runs missed while paused are not caught up."""
+"""Resume from now: runs missed while paused are not caught up. An entry that was not paused
+keeps its progress, so resuming it drops no run that is due."""
 
 REMOVE = text("DELETE FROM celery_periodictask WHERE name = ANY(:names) RETURNING name")
 

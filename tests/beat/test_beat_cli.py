@@ -176,3 +176,18 @@ def test_list_shows_a_one_off_resumed_after_its_time_as_not_running(app_db: str)
     # Then its next run says it will not run, as the scheduler will not run it
     assert [line.split()[-1] for line in listed.splitlines() if line.startswith("later")] == [
         "done"]
+
+
+def test_resuming_an_entry_that_is_not_paused_keeps_its_progress(app_db: str) -> None:
+    # Given a running entry whose last run is an hour ago
+    add_tick("running")
+    rows(app_db, "UPDATE celery_periodictask SET last_run_at = now() - interval '1 hour' "
+         "WHERE name = 'running'")
+    before = rows(app_db, "SELECT last_run_at FROM celery_periodictask WHERE name = 'running'")
+
+    # When it is resumed anyway
+    assert invoke("resume", "running").exit_code == 0
+
+    # Then its progress stands: the runs due since then are not dropped
+    assert rows(app_db, "SELECT last_run_at FROM celery_periodictask "
+                "WHERE name = 'running'") == before
