@@ -23,8 +23,9 @@ Transport options (``broker_transport_options``), with defaults:
     Seconds after a consumer's last heartbeat before the messages it held go back to their
     queue. A live consumer keeps its messages however long its tasks or ETAs take.
 ``heartbeat_interval`` (``min(5, visibility_timeout / 4)``)
-    Seconds between heartbeats. Each heartbeat is one UPDATE per consumer, then a sweep
-    that rescues the messages of consumers whose heartbeat expired.
+    Seconds between heartbeats; at most half of ``visibility_timeout``. Each heartbeat is
+    one UPDATE per consumer, then a sweep that rescues the messages of consumers whose
+    heartbeat expired.
 ``polling_interval`` (1.0)
     Seconds between safety-net claims when no notification arrives (lost NOTIFY, LISTEN
     connection down, ETA messages becoming due).
@@ -116,6 +117,12 @@ def _options(raw: dict[str, Any]) -> dict[str, float]:
         if options[name] <= 0:
             raise ValueError(f"broker transport option {name} must be positive, got {value!r}")
     options.setdefault("heartbeat_interval", min(5.0, options["visibility_timeout"] / 4))
+    if options["heartbeat_interval"] * 2 > options["visibility_timeout"]:
+        # A lease must survive a late or failed heartbeat, or live consumers are rescued
+        # and their messages run twice.
+        raise ValueError("broker transport option heartbeat_interval must be at most half of "
+                         f"visibility_timeout, got {options['heartbeat_interval']:g} and "
+                         f"{options['visibility_timeout']:g}")
     return options
 
 

@@ -343,10 +343,15 @@ def test_a_message_is_woken_through_the_event_loop(connect: Connect) -> None:
         hub.close()
 
 
-def test_options_are_validated_with_one_line_naming_the_option(db_url: str) -> None:
-    with pytest.raises(ValueError, match="visibility_timeout must be a number"):
-        _ = Connection(db_url, transport=PG_TRANSPORT,
-                       transport_options={"visibility_timeout": "soon"}).transport
+@pytest.mark.parametrize(("options", "complaint"), [
+    ({"visibility_timeout": "soon"}, "visibility_timeout must be a number"),
+    ({"visibility_timeout": 10, "heartbeat_interval": 6},
+     "heartbeat_interval must be at most half of visibility_timeout, got 6 and 10"),
+])
+def test_options_are_validated_with_one_line_naming_the_option(
+        db_url: str, options: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        _ = Connection(db_url, transport=PG_TRANSPORT, transport_options=options).transport
 
 
 def test_synchronous_commit_is_applied_to_the_working_session(connect: Connect) -> None:
