@@ -38,7 +38,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": "db+" + sqlalchemy_url(database_url),
         "result_extended": True,
         "database_create_tables_at_setup": False,  # Alembic owns the schema.
-        "database_engine_options": {"pool_pre_ping": True},
+        # Celery writes date_done as an aware time into a column without a time zone, which
+        # PostgreSQL converts with the session's zone; pin it to UTC, as the clean-up assumes.
+        "database_engine_options": {
+            "pool_pre_ping": True,
+            "connect_args": {"options": "-c timezone=UTC"},
+        },
         # Results are deleted by tasks.delete_old_data, not by celery.backend_cleanup.
         "result_expires": None,
         "timezone": "UTC",
