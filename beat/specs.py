@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from celery import schedules
 
 from beat.slots import CATCH_UP_CHOICES, CatchUp
+from config.settings import is_known_timezone
 
 
 class SpecError(ValueError):
@@ -114,19 +114,11 @@ class EntrySpec:
 
 
 def check_timezone(name: str) -> str:
-    """``name`` if it is an IANA time zone; SpecError otherwise.
-
-    ZoneInfo also opens files such as ``posixrules`` or ``posix/Europe/Paris``;
-    sqlalchemy-celery-beat refuses to store those, so only the listed names pass."""
-    if name not in _known_zones():
+    """``name`` if it is a listed IANA time zone; SpecError otherwise."""
+    if not is_known_timezone(name):
         raise SpecError(f"unknown time zone {name!r}; use an IANA name such as "
                         "'Europe/Paris' or 'UTC'")
     return name
-
-
-@cache
-def _known_zones() -> frozenset[str]:
-    return frozenset(available_timezones())
 
 
 def parse_json(option: str, text: str, kind: type) -> list | dict:

@@ -27,8 +27,13 @@ def _database_url() -> str:
 def _prepare(database_url: str) -> None:
     """Bring the schema up to date and install the default schedule entries."""
     from beat.schedule import sync_default_entries
+    from config.checks import check_database
     from config.migrate import upgrade
 
+    try:
+        check_database(database_url)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
     upgrade(database_url)
     sync_default_entries(database_url)
 

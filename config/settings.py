@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qs, unquote, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,7 +38,7 @@ class SmtpTarget(BaseModel):
     host: str
     port: int
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(default=None, repr=False)
     implicit_tls: bool = False
     starttls: bool = False
 
@@ -48,11 +48,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    database_url: str | None = None
+    database_url: str | None = Field(default=None, repr=False)
     """DATABASE_URL: ``postgresql://user:pass@host:port/db``. Broker, results and schedule all
     live there. Unset: ``pgjobs dev`` starts an embedded PostgreSQL; workers and beat refuse."""
 
-    smtp_url: str | None = None
+    smtp_url: str | None = Field(default=None, repr=False)
     """SMTP_URL: ``smtp://user:pass@host:port`` (plain), ``smtps://`` (implicit TLS, port 465
     by default) or ``smtp://...?starttls=true``. Unset: mails go to ``OUTBOX_DIR`` and the log."""
 
@@ -106,12 +106,10 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        if not is_known_timezone(value):
             raise ValueError(
                 f"unknown time zone {value!r}; use an IANA name such as 'Europe/Paris' or 'UTC'"
-            ) from None
+            )
         return value
 
     @field_validator("log_level")
@@ -147,6 +145,17 @@ class Settings(BaseSettings):
                 "or run `pgjobs dev` for an embedded database"
             )
         return self.database_url
+
+
+@lru_cache(maxsize=1)
+def _listed_timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def is_known_timezone(name: str) -> bool:
+    """Whether ``name`` is a listed IANA zone. ``ZoneInfo(name)`` is not enough: it also opens
+    files such as ``posix/Europe/Paris`` that sqlalchemy-celery-beat refuses to store."""
+    return name in _listed_timezones()
 
 
 def parse_smtp_url(url: str) -> SmtpTarget:

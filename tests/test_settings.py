@@ -22,6 +22,7 @@ def test_given_no_database_url_when_required_then_error_names_variable():
         ("smtp_url", "http://mail:25", "SMTP_URL must start with smtp://"),
         ("smtp_url", "smtp://u:hunter2@:25", "SMTP_URL names no host"),
         ("timezone", "Mars/Olympus", "TIMEZONE unknown time zone 'Mars/Olympus'"),
+        ("timezone", "posix/Europe/Paris", "TIMEZONE unknown time zone 'posix/Europe/Paris'"),
         ("retention_tables", "[{", "RETENTION_TABLES is not valid JSON"),
     ],
 )
@@ -71,3 +72,23 @@ def test_unreachable_database_stops_start_up_with_one_line(role, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(
         "pgjobs: DATABASE_URL: cannot connect to postgresql://u:***@127.0.0.1:1/db")
     assert "Traceback" not in result.stderr
+
+
+def test_passwords_stay_out_of_settings_repr():
+    settings = load_settings(database_url="postgresql://u:hunter2@h/db",
+                             smtp_url="smtp://u:hunter3@mail:25")
+    assert "hunter2" not in repr(settings)
+    assert "hunter3" not in repr(settings) + repr(settings.smtp)
+
+
+def test_migrate_against_unreachable_database_prints_one_line(tmp_path):
+    env = {"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db", "PATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", "from config.cli import main; main()", "migrate"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: DATABASE_URL: cannot connect to postgresql://u:***@127.0.0.1:1/db (connection "
+        'failed: connection to server at "127.0.0.1", port 1 failed: Connection refused); '
+        "check that PostgreSQL is running and the URL is right"]
