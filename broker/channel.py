@@ -14,6 +14,7 @@ from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 
 from broker.messages import Claimed, MalformedMessage, decode
+from broker.store import first_line
 
 if TYPE_CHECKING:
     from broker.transport import Transport
@@ -51,7 +52,7 @@ class QoS(virtual.QoS):
                 self.channel.release(tags)
             except psycopg.Error as exc:
                 logger.warning("pgjobs broker: could not release %d message(s) (%s); they "
-                               "return after visibility_timeout", len(tags), _first_line(exc))
+                               "return after visibility_timeout", len(tags), first_line(exc))
         return []
 
 
@@ -79,7 +80,7 @@ class Channel(virtual.Channel):
                 self.flush_acks()
             except psycopg.Error as exc:
                 logger.warning("pgjobs broker: %d ack(s) not recorded (%s); those messages "
-                               "will be delivered again", len(self._acks), _first_line(exc))
+                               "will be delivered again", len(self._acks), first_line(exc))
         super().close()
 
     # -- acks -----------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class Channel(virtual.Channel):
             self.release([row.id for row in rows])
         except psycopg.Error as exc:
             logger.warning("pgjobs broker: could not give back %d message(s) (%s); they return "
-                           "when this connection closes", len(rows), _first_line(exc))
+                           "when this connection closes", len(rows), first_line(exc))
 
     def _window_half_full(self, free: int) -> bool:
         window = self.qos.prefetch_count
@@ -318,8 +319,3 @@ class Channel(virtual.Channel):
     def queue_unbind(self, queue: str, exchange: str | None = None, routing_key: str = "",
                      arguments: Any = None, **kwargs: Any) -> None:
         self.store.unbind(exchange or "amq.direct", routing_key or "", queue)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

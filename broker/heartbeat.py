@@ -15,7 +15,7 @@ import uuid
 
 import psycopg
 
-from broker.store import Store
+from broker.store import Store, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ class Heartbeat:
     def _on_error(self, exc: psycopg.Error) -> None:
         self.store.close()
         if not self._failing:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             logger.warning("pgjobs broker: heartbeat failed (%s); retrying every %.1fs",
-                           reason, self.interval)
+                           first_line(exc), self.interval)
             self._failing = True

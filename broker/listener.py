@@ -17,6 +17,7 @@ import psycopg
 from broker.messages import wake_channel
 from broker.queries import composed
 from broker.store import INHERITED as _INHERITED
+from broker.store import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +128,8 @@ class Listener:
     def _on_error(self, exc: psycopg.Error) -> None:
         self.close()
         if not self._lost:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             logger.warning("pgjobs broker: LISTEN connection lost (%s); polling until it is back",
-                           reason)
+                           first_line(exc))
             self._lost = True
         self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
         self._next_attempt = time.monotonic() + self._backoff

@@ -30,6 +30,12 @@ class SchemaMissing(Exception):
     """The database has no broker tables."""
 
 
+def first_line(exc: BaseException) -> str:
+    """A driver error in one log-friendly line (psycopg's messages span several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Store:
     """Broker operations on one database."""
 
