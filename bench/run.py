@@ -10,10 +10,16 @@ multiplier 4, acks late, JSON), one after the other:
 
 1. enqueue rate: ``--tasks`` no-op tasks published from this process, worker stopped;
 2. drain throughput: a worker starts and runs them all; the time from the first task's start
-   to the last task's end (worker start-up is not counted);
-3. publish-to-start latency on the now idle worker: ``--samples`` tasks sent one at a time,
-   each carrying its publication time, with a random pause of up to ``--pause`` seconds
-   between them; p50 and p99. A slow broker stops sampling after ``--latency-budget`` s.
+   to the last task's end (worker start-up is not counted), then the worker stops;
+   steps 1 and 2 repeat ``--rounds`` times and the medians are shown;
+3. publish-to-start latency on idle workers: one worker per broker, all running at once and
+   probed in turn (random order each turn) so they share the machine's load; ``--samples``
+   tasks per broker, sent one at a time, each carrying its publication time, with a random
+   pause of up to ``--pause`` seconds after each; p50 and p99. A broker whose probes took
+   ``--latency-budget`` seconds in all leaves the rotation (kombu's SQLAlchemy transport
+   polls once a second);
+4. for pgjobs, the enqueue rate of ``--tasks`` tasks inside one transaction of the caller's
+   (``broker.in_transaction``), commit included.
 
 PostgreSQL brokers use a fresh database created on ``--server-url`` and dropped at the end;
 Redis keys carry a per-run prefix and are deleted at the end.
@@ -21,18 +27,19 @@ Redis keys carry a per-run prefix and are deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +63,7 @@ class Plan:
     """What to run; one per benchmark invocation."""
 
     tasks: int
+    rounds: int
     samples: int
     concurrency: int
     prefetch: int
@@ -131,7 +139,7 @@ def worker_env(plan: Plan, broker: str, reports: Reports) -> dict[str, str]:
     return env
 
 
-@contextmanager
+@contextlib.contextmanager
 def worker(plan: Plan, broker: str, reports: Reports, log: Path) -> Iterator[None]:
     """A ``celery worker`` for ``broker``, stopped (then killed if need be) on exit."""
     command = [
@@ -150,12 +158,12 @@ def worker(plan: Plan, broker: str, reports: Reports, log: Path) -> Iterator[Non
 
 
 def _stop(process: subprocess.Popen) -> None:
-    with suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        with suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
@@ -194,50 +202,115 @@ def drain_rate(reports: Reports, count: int) -> float:
     return count / (max(end for _, end in runs) - min(start for start, _ in runs))
 
 
-def latencies(app: Celery, producer: Producer, reports: Reports, plan: Plan) -> list[float]:
-    """Publish-to-start delays in milliseconds, one task at a time."""
-    task, found = app.tasks[PROBE], []
-    budget_ends = time.monotonic() + plan.latency_budget
-    while len(found) < plan.samples and time.monotonic() < budget_ends:
-        task.apply_async((time.time(),), producer=producer)
-        ((published, started),) = reports.collect("probe", 1, timeout=30)
-        found.append((started - published) * 1000)
-        time.sleep(random.uniform(0, plan.pause))
-    return found
-
-
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def measure(plan: Plan, broker: str, logdir: Path) -> Result:
-    result, app, reports = Result(broker), plan.app(broker), Reports()
+class Subject:
+    """One broker under test: its app, a connection of our own, its report socket, figures."""
+
+    def __init__(self, plan: Plan, broker: str, logdir: Path) -> None:
+        self.plan, self.result, self.samples, self.waited = plan, Result(broker), [], 0.0
+        self.app, self.reports = plan.app(broker), Reports()
+        self.log = logdir / f"worker-{broker}.log"
+        # Not Celery's producer pool: it is process-global and would outlive this run.
+        self.connection = self.app.connection_for_write()
+        self.producer: Producer | None = None
+
+    def attempt(self, step: Callable[[], None]) -> None:
+        """Run ``step`` unless this broker already failed; a failure is recorded, not raised,
+        so that one broker failing does not hide the others' figures."""
+        if self.result.error:
+            return
+        try:
+            step()
+        except Exception as error:
+            self.result.error = f"{type(error).__name__}: {error} (log: {self.log})"
+
+    def worker(self) -> contextlib.AbstractContextManager:
+        return worker(self.plan, self.result.broker, self.reports, self.log)
+
+    def throughput(self) -> None:
+        """Enqueue then drain, ``rounds`` times; the medians."""
+        self.producer = self.connection.Producer()
+        enqueue, drain = [], []
+        for _ in range(self.plan.rounds):
+            enqueue.append(enqueue_rate(self.app, self.producer, self.plan.tasks))
+            with self.worker():
+                drain.append(drain_rate(self.reports, self.plan.tasks + 1))
+        self.result.enqueue_rate = statistics.median(enqueue)
+        self.result.drain_rate = statistics.median(drain)
+
+    def probe(self, timeout: float = 30) -> float:
+        """Publish one probe and wait for it to start; the delay in milliseconds."""
+        self.app.tasks[PROBE].apply_async((time.time(),), producer=self.producer)
+        ((published, started),) = self.reports.collect("probe", 1, timeout=timeout)
+        return (started - published) * 1000
+
+    def warm_up(self) -> None:
+        """Wait out the worker's start-up with one probe that is not counted."""
+        self.probe(timeout=120)
+
+    def sample(self) -> None:
+        started = time.monotonic()
+        self.samples.append(self.probe())
+        self.waited += time.monotonic() - started
+
+    def wants_sample(self) -> bool:
+        """More samples wanted, and this broker's probes have not used up the budget."""
+        return (not self.result.error and len(self.samples) < self.plan.samples
+                and self.waited < self.plan.latency_budget)
+
+    def summarise(self) -> None:
+        if self.samples:
+            self.result.samples = len(self.samples)
+            self.result.p50_ms = percentile(self.samples, 50)
+            self.result.p99_ms = percentile(self.samples, 99)
+
+    def transactional(self) -> None:
+        # The tasks stay queued: the database is dropped at the end.
+        self.result.transactional_enqueue_rate = transactional_enqueue_rate(
+            self.app, self.producer, self.plan.database_url, self.plan.tasks)
+
+    def close(self) -> None:
+        self.reports.close()
+        self.connection.close()
+        self.app.close()
+
+
+def sample_latencies(subjects: list[Subject], plan: Plan) -> None:
+    """Probe every broker's idle worker in turn (random order each round), so that all of
+    them are measured under the same machine load."""
+    live = [subject for subject in subjects if not subject.result.error]
+    with contextlib.ExitStack() as stack:
+        for subject in live:
+            stack.enter_context(subject.worker())
+        for subject in live:
+            subject.attempt(subject.warm_up)
+        while active := [subject for subject in live if subject.wants_sample()]:
+            random.shuffle(active)
+            for subject in active:
+                subject.attempt(subject.sample)
+                time.sleep(random.uniform(0, plan.pause))
+    for subject in live:
+        subject.summarise()
+
+
+def run(plan: Plan, brokers: list[str], logdir: Path) -> list[Result]:
+    subjects = [Subject(plan, broker, logdir) for broker in brokers]
     try:
-        # A connection of our own for every publication: Celery's producer pool is
-        # process-global and would outlive this broker's turn.
-        with app.connection_for_write() as conn, conn.Producer() as producer:
-            _measure(plan, app, producer, reports, logdir / f"worker-{broker}.log", result)
-    except Exception as error:  # one broker failing must not hide the others' figures
-        result.error = f"{type(error).__name__}: {error} (log: {logdir})"
+        for subject in subjects:
+            subject.attempt(subject.throughput)
+        sample_latencies(subjects, plan)
+        for subject in subjects:
+            if subject.result.broker == "pgjobs":
+                subject.attempt(subject.transactional)
     finally:
-        reports.close()
-        app.close()
-    return result
-
-
-def _measure(plan: Plan, app: Celery, producer: Producer, reports: Reports, log: Path,
-             result: Result) -> None:
-    result.enqueue_rate = enqueue_rate(app, producer, plan.tasks)
-    with worker(plan, result.broker, reports, log):
-        result.drain_rate = drain_rate(reports, plan.tasks + 1)
-        samples = latencies(app, producer, reports, plan)
-    result.samples = len(samples)
-    result.p50_ms, result.p99_ms = percentile(samples, 50), percentile(samples, 99)
-    if result.broker == "pgjobs":  # left queued: the database is dropped at the end
-        result.transactional_enqueue_rate = transactional_enqueue_rate(
-            app, producer, plan.database_url, plan.tasks)
+        for subject in subjects:
+            subject.close()
+    return [subject.result for subject in subjects]
 
 
 def table(results: list[Result]) -> str:
@@ -290,6 +363,8 @@ def _brokers(ctx: click.Context, param: click.Parameter, value: str) -> list[str
 @click.command()
 @click.option("--tasks", default=2000, show_default=True, type=click.IntRange(1, 1_000_000),
               help="No-op tasks published, then drained.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Enqueue and drain rounds per broker; the median is shown.")
 @click.option("--samples", default=200, show_default=True, type=click.IntRange(1, 100_000),
               help="Latency samples per broker.")
 @click.option("--brokers", default=",".join(BROKERS), show_default=True, callback=_brokers,
@@ -300,7 +375,8 @@ def _brokers(ctx: click.Context, param: click.Parameter, value: str) -> list[str
 @click.option("--pause", default=0.05, show_default=True, type=click.FloatRange(0, 10),
               help="Longest random pause between latency samples, in seconds.")
 @click.option("--latency-budget", default=60.0, show_default=True,
-              type=click.FloatRange(1, 3600), help="Seconds of latency sampling per broker.")
+              type=click.FloatRange(1, 3600),
+              help="Seconds a broker's latency probes may take in all.")
 @click.option("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
               show_default=True, help="PostgreSQL server on which the bench database is made.")
 @click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True)
@@ -314,11 +390,12 @@ def main(brokers: list[str], server_url: str, redis_url: str, **sizes: float) ->
     logdir.mkdir(parents=True)
     with bench_database(server_url, run_id) as database_url:
         plan = Plan(database_url=database_url, redis_url=redis_url, run_id=run_id, **sizes)
-        click.echo(f"bench: {plan.tasks} tasks, {plan.samples} latency samples, "
+        click.echo(f"bench: {plan.tasks} tasks x {plan.rounds} rounds, "
+                   f"{plan.samples} latency samples, "
                    f"prefork -c {plan.concurrency}, prefetch x{plan.prefetch}, "
                    f"{os.cpu_count()} CPUs")
         try:
-            results = [measure(plan, broker, logdir) for broker in brokers]
+            results = run(plan, brokers, logdir)
         finally:
             if "redis" in brokers:
                 delete_redis_keys(redis_url, plan.prefix)

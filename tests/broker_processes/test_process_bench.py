@@ -14,7 +14,7 @@ pytestmark = pytest.mark.acceptance
 def test_bench_measures_the_pgjobs_transport(pg_server_url):
     # Given a PostgreSQL server on which the bench may create its own database
     command = [sys.executable, "-m", "bench.run", "--brokers", "pgjobs", "--tasks", "20",
-               "--samples", "5", "--server-url", pg_server_url]
+               "--samples", "5", "--rounds", "1", "--server-url", pg_server_url]
 
     # When the bench runs with tiny sizes on our transport only
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=90)
