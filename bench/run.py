@@ -5,8 +5,9 @@ Run from the repository root::
     .venv/bin/python -m bench.run                     # all three, default sizes
     .venv/bin/python -m bench.run --tasks 500 --samples 50 --brokers pgjobs,redis
 
-For each broker, with the same tasks and worker settings (prefork, ``-c 2``, prefetch
-multiplier 4, acks late, JSON), one after the other:
+Every broker gets the same tasks and worker settings (prefork, ``-c 2``, prefetch multiplier
+4, acks late, JSON, remote control off). Steps 1 and 2 run for one broker after the other;
+step 3 for all of them at once. Redis needs the ``bench`` extra (``pip install -e .[bench]``).
 
 1. enqueue rate: ``--tasks`` no-op tasks published from this process, worker stopped;
 2. drain throughput: a worker starts and runs them all; the time from the first task's start
