@@ -7,14 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import psycopg
+
+from tests.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CELERY = Path(sys.executable).with_name("celery")
@@ -30,18 +30,6 @@ SELECT DISTINCT key FROM process_test_runs s WHERE phase = 'started' AND NOT EXI
 T = TypeVar("T")
 
 
-def wait_until(
-    check: Callable[[], T], timeout: float, what: str, explain: Callable[[], str] = str
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{explain()}")
-        time.sleep(0.05)
 
 
 @dataclass

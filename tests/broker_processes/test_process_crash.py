@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import psutil
 import pytest
-from process_harness import wait_until
+
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.acceptance
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from process_harness import wait_until
+
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.acceptance
 
