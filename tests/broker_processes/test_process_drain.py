@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from tests.polling import wait_until
@@ -41,3 +43,28 @@ def test_inspect_ping_is_answered_by_every_worker(procs):
 def _answered(procs, names: set[str]) -> dict[str, object]:
     replies = procs.workers.inspect_ping(timeout=3)
     return replies if names <= set(replies) else {}
+
+
+def test_broadcast_revoke_reaches_every_worker_holding_a_task(procs):
+    # Given two workers, and a task due in a few seconds held by one of them
+    workers = [procs.workers.start(name) for name in ("keeper", "other")]
+    eta = datetime.now(UTC) + timedelta(seconds=5)
+    (revoked,) = procs.publish(["revoked"], eta=eta)
+    wait_until(lambda: _holder(procs, workers, revoked), 20, "a worker to hold the ETA task",
+               procs.workers.logs)
+
+    # When it is revoked by broadcast, then a plain task is published
+    procs.app.control.revoke(revoked)
+    procs.publish(["after"])
+
+    # Then the plain task runs, and the revoked one never does, though its ETA has passed
+    wait_until(lambda: procs.runs.all_done(["after"]), 30, "the plain task to run",
+               procs.workers.logs)
+    wait_until(lambda: datetime.now(UTC) > eta + timedelta(seconds=2), 30, "the ETA to pass")
+    procs.settle()
+    assert procs.runs.of_key("revoked") == []
+
+
+def _holder(procs, workers, task_id: str) -> bool:
+    return any(entry["request"]["id"] == task_id
+               for worker in workers for entry in procs.scheduled(worker.nodename))
