@@ -30,6 +30,7 @@ from beat.specs import (
     check_timezone,
     parse_json,
 )
+from config.errors import one_line
 from config.settings import SettingsError, get_settings
 from config.urls import sqlalchemy_url
 
@@ -76,8 +77,7 @@ def _message(error: Exception) -> str:
 
 
 def _first_line(error: SQLAlchemyError) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
+    line = one_line(error)
     return f"{line}; run `pgjobs migrate`" if "does not exist" in line else line
 
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from beat import queries
+from config.errors import one_line
 
 logger = logging.getLogger("beat.leadership")
 
@@ -76,7 +77,7 @@ class Leadership:
         try:
             return self._still_leading() if self.leading else self._try_take()
         except SQLAlchemyError as error:
-            self._unreachable(_one_line(error))
+            self._unreachable(one_line(error))
             return False
 
     def lost(self, reason: str) -> None:
@@ -142,8 +143,3 @@ class Leadership:
                 connection.close()
             except SQLAlchemyError:
                 pass  # the connection is already gone, which is all we want
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__

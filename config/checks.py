@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
+from config.errors import one_line
 from config.settings import SettingsError
 from config.urls import redact_url
 
@@ -16,8 +17,7 @@ def check_database(url: str) -> None:
         with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise SettingsError(
-            f"DATABASE_URL: cannot connect to {redact_url(url)} ({reason}); "
+            f"DATABASE_URL: cannot connect to {redact_url(url)} ({one_line(error)}); "
             "check that PostgreSQL is running and the URL is right"
         ) from None
