@@ -28,8 +28,7 @@ def default_entries() -> list[EntrySpec]:
 
 def sync_default_entries(database_url: str) -> None:
     """Insert the default entries missing from the database at ``database_url``."""
-    url = database_url if "+" in database_url.split("://", 1)[0] else sqlalchemy_url(database_url)
-    engine = store.create_engine(url)
+    engine = store.create_engine(sqlalchemy_url(database_url))
     try:
         with store.transaction(engine) as session:
             store.add_entries(session, default_entries(), only_missing=True)

@@ -24,7 +24,8 @@ def normalise_database_url(url: str) -> str:
 
 
 def sqlalchemy_url(url: str) -> str:
-    """The SQLAlchemy form of a ``postgresql://`` URL, on psycopg 3."""
+    """The SQLAlchemy form of a ``postgresql://`` URL, on psycopg 3; a URL that already names
+    its driver (``postgresql+psycopg://``) comes back unchanged."""
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 

@@ -92,3 +92,11 @@ def test_migrate_against_unreachable_database_prints_one_line(tmp_path):
         "Error: DATABASE_URL: cannot connect to postgresql://u:***@127.0.0.1:1/db (connection "
         'failed: connection to server at "127.0.0.1", port 1 failed: Connection refused); '
         "check that PostgreSQL is running and the URL is right"]
+
+
+def test_sqlalchemy_url_adds_the_driver_once():
+    from config.urls import sqlalchemy_url
+
+    once = sqlalchemy_url("postgresql://u:p@h/db")
+    assert once == "postgresql+psycopg://u:p@h/db"
+    assert sqlalchemy_url(once) == once
