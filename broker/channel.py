@@ -6,6 +6,8 @@ Each method maps one AMQP operation onto one named query of :mod:`broker.store`.
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Callable
 from queue import Empty
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +16,10 @@ from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 
 from broker.messages import Claimed, MalformedMessage, decode
-from broker.store import first_line
+from broker.store import Store, first_line
 
 if TYPE_CHECKING:
+    from broker.consumer import Consumer
     from broker.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -27,9 +30,10 @@ REJECTED = "rejected by its consumer without requeue"
 class QoS(virtual.QoS):
     """Prefetch accounting in memory; leases, acks and requeues in the table.
 
-    Ack deletes the row; ``reject(requeue=True)`` and channel close release the lease (the
-    same row goes back, no copy is published); ``reject(requeue=False)`` moves the row to the
-    dead-letter table.
+    Ack deletes the row; ``reject(requeue=True)`` and a clean channel close release the lease
+    (the same row goes back, no copy is published); ``reject(requeue=False)`` moves the row to
+    the dead-letter table. A channel whose connection was lost releases nothing: its consumer
+    keeps the leases (see :mod:`broker.consumer`).
     """
 
     channel: Channel
@@ -66,11 +70,13 @@ class Channel(virtual.Channel):
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         self.store = connection.store
-        # Kept for acks and rejects that arrive after the connection closed.
-        self.consumer_id = connection.consumer_id
         self.pending = True
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
+        # After the connection was lost: the consumer that keeps this channel's leases.
+        self._orphaned = False
+        self._adopter: Consumer | None = None
+        self._closed_consumer: uuid.UUID | None = None
 
     def close(self) -> None:
         if self.connection is not None and self.connection.forked:
@@ -81,42 +87,82 @@ class Channel(virtual.Channel):
             except psycopg.Error as exc:
                 logger.warning("pgjobs broker: %d ack(s) not recorded (%s); those messages "
                                "will be delivered again", len(self._acks), first_line(exc))
+        if self.connection is not None and self.connection.consumer is not None:
+            self._closed_consumer = self.connection.consumer.id
         super().close()
+
+    def orphan(self, consumer: Consumer | None) -> None:
+        """The connection was lost: close without a word to the database, keeping every lease
+        for ``consumer``, through which later acks and rejects now go."""
+        self._orphaned = True
+        self._adopter = consumer
+        self._acks, acks = [], self._acks
+        if acks and consumer is not None:
+            consumer.settle(lambda store: store.ack(acks, consumer.id))
+        self.do_restore = False
+        super().close()
+
+    def holds_messages(self) -> bool:
+        return bool(self.held_tags())
+
+    def held_tags(self) -> list[int]:
+        """Tags delivered on this channel and not settled yet."""
+        qos = self._qos
+        if qos is None:
+            return []
+        return [tag for tag in qos._delivered if tag not in qos._dirty]
+
+    def forget(self, tags: list[int]) -> None:
+        """Stop tracking ``tags`` (given back on the channel's behalf)."""
+        if self._qos is not None:
+            for tag in tags:
+                self._qos._delivered.pop(tag, None)
 
     # -- acks -----------------------------------------------------------------------------
 
     def ack(self, tags: list[int]) -> None:
         """Delete delivered messages. In Celery's event loop the deletes of one loop turn are
         sent together with the next claim (the next turn), one round trip for both."""
-        if self.connection is None:
-            self._after_close(self.store.ack, tags)
-        elif self.connection.batches_acks():
+        if self.connection is not None and self.connection.batches_acks():
             self._acks.extend(tags)
         else:
-            self.store.ack(tags)
+            self._settle(Store.ack, tags)
+        if self.pending and self.connection is not None:
+            self.connection.wake()  # the window had filled up: claim again now
 
     def reject(self, tag: int, requeue: bool) -> None:
         """Requeue at once, or move to the dead-letter table."""
         if requeue:
-            self._run(self.release, [tag])
+            self._settle(Store.release, [tag])
         else:
-            self._run(self.store.dead_letter, tag, REJECTED)
+            self._settle(lambda store, tags, consumer: store.dead_letter(
+                tags[0], REJECTED, consumer), [tag])
 
     def release(self, tags: list[int]) -> None:
         """Put back the messages among ``tags`` that this channel's consumer still holds."""
-        self.store.release(tags, self.consumer_id)
+        self._settle(Store.release, tags)
 
-    def _run(self, operation: Any, *args: Any) -> None:
-        if self.connection is None:
-            self._after_close(operation, *args)
-        else:
-            operation(*args)
+    def _settle(self, operation: Callable[[Store, list[int], uuid.UUID], None],
+                tags: list[int]) -> None:
+        """Record the outcome of delivered messages as their holder: on this connection, on
+        the connection that adopted this channel's consumer, or after a clean close on a
+        short-lived session (the lease is most likely given back by then)."""
+        adopter = self._adopter
+        if adopter is not None:
+            adopter.settle(lambda store: operation(store, tags, adopter.id))
+        elif self.connection is not None:
+            operation(self.store, tags, self._consumer_id())
+        elif self._closed_consumer is not None:
+            self._after_close(operation, tags, self._closed_consumer)
+
+    def _consumer_id(self) -> uuid.UUID:
+        consumer = self.connection.consumer
+        assert consumer is not None, "a message was delivered without a consumer"
+        return consumer.id
 
     def _after_close(self, operation: Any, *args: Any) -> None:
-        """A task finished after its connection went away (e.g. PostgreSQL restarted): record
-        the outcome on a short-lived session, or leave the lease to expire."""
         try:
-            operation(*args)
+            operation(self.store, *args)
         except psycopg.Error as exc:
             logger.debug("pgjobs broker: outcome of a message not recorded (%s)", exc)
         finally:
@@ -126,7 +172,7 @@ class Channel(virtual.Channel):
         """Send the acks waiting for this loop turn; on failure they stay for the next try,
         or the close, since a lost ack means the task runs again."""
         if self._acks:
-            self.store.ack(self._acks)
+            self.store.ack(self._acks, self._consumer_id())
             self._acks = []
 
     # -- consuming ------------------------------------------------------------------------
@@ -143,6 +189,8 @@ class Channel(virtual.Channel):
     def basic_cancel(self, consumer_tag: str) -> None:
         queue = self._tag_to_queue.get(consumer_tag)
         super().basic_cancel(consumer_tag)
+        if self._orphaned:
+            return  # the subscription lives on with the consumer
         if queue is not None and queue not in self._active_queues:
             self._no_ack_queues.discard(queue)
             self.connection.stop_consuming(queue)
@@ -219,7 +267,7 @@ class Channel(virtual.Channel):
     def _dead(self, row: Claimed, reason: str) -> None:
         logger.error("pgjobs broker: message %d in queue %r moved to pgjobs_broker_dead_letter: "
                      "%s", row.id, row.queue, reason)
-        self.store.dead_letter(row.id, reason)
+        self.store.dead_letter(row.id, reason, self._consumer_id())
 
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
         if not self.deliver_ready():
@@ -255,9 +303,7 @@ class Channel(virtual.Channel):
 
     def _new_queue(self, queue: str, auto_delete: bool = False, arguments: Any = None,
                    **kwargs: Any) -> None:
-        # Queues that expire are as transient as auto-delete ones: both go with their consumer.
-        transient = bool(auto_delete) or bool((arguments or {}).get("x-expires"))
-        self.store.declare_queue(queue, transient)
+        self.store.declare_queue(queue, bool(auto_delete), expires_seconds(arguments))
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return self.store.queue_exists(queue)
@@ -319,3 +365,12 @@ class Channel(virtual.Channel):
     def queue_unbind(self, queue: str, exchange: str | None = None, routing_key: str = "",
                      arguments: Any = None, **kwargs: Any) -> None:
         self.store.unbind(exchange or "amq.direct", routing_key or "", queue)
+
+
+def expires_seconds(arguments: Any) -> float | None:
+    """AMQP's ``x-expires`` (milliseconds) of a queue declaration, in seconds."""
+    value = (arguments or {}).get("x-expires") if isinstance(arguments, dict) else None
+    try:
+        return float(value) / 1000 if value else None
+    except (TypeError, ValueError):
+        raise ChannelError(f"x-expires must be a number of milliseconds, got {value!r}") from None

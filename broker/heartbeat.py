@@ -1,10 +1,15 @@
-"""The consumer heartbeat: one background thread per consuming connection.
+"""The consumer heartbeat: one background thread per consumer.
 
 Every ``interval`` seconds it renews the consumer's row (one UPDATE, however many messages the
-consumer holds: that row is the lease of all of them) and rescues the messages of consumers
-whose heartbeat is older than their visibility timeout, and lets due ETA messages into
-their queues. It has its own connection, so a task
-running in the consuming thread (solo pool, long ETA wait) never lets the leases lapse.
+consumer holds: that row is the lease of all of them), rescues the messages of consumers
+whose heartbeat is older than their visibility timeout, and lets due ETA messages into their
+queues. It has its own connection, so a task running in the consuming thread (solo pool, long
+ETA wait) never lets the leases lapse.
+
+It also tells its consumer when the leases may be gone (:meth:`Heartbeat.expired`): the last
+renewal is nearly ``visibility_timeout`` old (the process was paused, or PostgreSQL was out of
+reach), or the consumer's row had been rescued away. A consumer must then stop handing out what
+it prefetched, since another consumer may run those messages by now.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from time import monotonic
 
 import psycopg
 
@@ -30,11 +36,16 @@ class Heartbeat:
         self.hostname = hostname
         self.visibility_timeout = visibility_timeout
         self.interval = interval
+        self.renewed_at = monotonic()
+        self.lapsed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
 
     def start(self) -> None:
+        """Start beating in a thread of its own; once."""
+        if self._thread is not None:
+            return
         self._thread = threading.Thread(target=self._run, name="pgjobs-broker-heartbeat",
                                         daemon=True)
         self._thread.start()
@@ -45,12 +56,24 @@ class Heartbeat:
             self._thread.join(timeout=self.interval + 5)
         self.store.close()
 
+    def expired(self) -> bool:
+        """True when this consumer's leases may have been handed to others: its row was
+        rescued, or the last renewal is older than ``visibility_timeout`` less one interval
+        (rescuers act at ``visibility_timeout``; the margin covers this check's own delay)."""
+        return self.lapsed or (
+            monotonic() - self.renewed_at > self.visibility_timeout - self.interval)
+
+    def renewed(self, started: float) -> None:
+        """Record a renewal sent at ``started`` (monotonic) that found the row in place."""
+        self.renewed_at = max(self.renewed_at, started)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.beat()
 
     def beat(self) -> None:
         """Renew, then rescue; a failure is logged once per outage and retried next time."""
+        started = monotonic()
         try:
             lapsed = self.store.beat(self.consumer, self.hostname, self.visibility_timeout)
             self.store.rescue()
@@ -59,8 +82,11 @@ class Heartbeat:
             self._on_error(exc)
             return
         if lapsed:
+            self.lapsed = True
             logger.warning("pgjobs broker: this consumer's heartbeat lapsed beyond "
-                           "visibility_timeout; messages it held may be redelivered")
+                           "visibility_timeout and its messages were handed back; it drops "
+                           "what it prefetched and reconnects")
+        self.renewed(started)
         if self._failing:
             logger.warning("pgjobs broker: heartbeat restored")
             self._failing = False

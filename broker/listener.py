@@ -15,7 +15,7 @@ import time
 import psycopg
 
 from broker.messages import wake_channel
-from broker.queries import composed
+from broker.queries import composed, query
 from broker.store import INHERITED as _INHERITED
 from broker.store import first_line
 
@@ -25,11 +25,18 @@ MAX_BACKOFF = 30.0
 
 
 class Listener:
-    """LISTENs on the wake-up channel of every queue it is given."""
+    """LISTENs on the wake-up channel of every queue it is given.
 
-    def __init__(self, conninfo: str, connect_timeout: float = 5.0) -> None:
+    ``conninfo`` should carry the fault budget (:func:`broker.store.fault_budget`): TCP
+    keepalives end a session the network dropped while idle. :meth:`check_alive` adds a query
+    after ``liveness`` seconds without traffic, for the networks where keepalives do not
+    reach the server (a proxy that answers them itself).
+    """
+
+    def __init__(self, conninfo: str, liveness: float = 30.0) -> None:
         self._conninfo = conninfo
-        self._connect_timeout = connect_timeout
+        self._liveness = liveness
+        self._heard_at = time.monotonic()
         self._conn: psycopg.Connection | None = None
         self._channels: set[str] = set()
         self._backoff = 0.0
@@ -67,7 +74,6 @@ class Listener:
         try:
             self._pid = os.getpid()
             self._conn = psycopg.connect(self._conninfo, autocommit=True,
-                                         connect_timeout=max(1, int(self._connect_timeout)),
                                          application_name="pgjobs-broker-listen")
             for channel in self._channels:
                 self._conn.execute(composed("listen", channel=channel))
@@ -75,6 +81,7 @@ class Listener:
             self._on_error(exc)
             return False
         self._backoff = 0.0
+        self._heard_at = time.monotonic()
         if self._lost:
             logger.warning("pgjobs broker: LISTEN connection restored")
             self._lost = False
@@ -95,10 +102,26 @@ class Listener:
         assert self._conn is not None
         try:
             notes = self._conn.notifies(timeout=timeout, stop_after=1)
-            return {note.channel for note in notes} | self._backlog()
+            channels = {note.channel for note in notes} | self._backlog()
         except psycopg.Error as exc:
             self._on_error(exc)
             return set(self._channels)
+        if channels:
+            self._heard_at = time.monotonic()
+        return channels
+
+    def check_alive(self) -> None:
+        """After ``liveness`` seconds without a notification, make sure the server still
+        answers; a dead session is dropped (and reopened by :meth:`ensure`)."""
+        if not self.connected or time.monotonic() - self._heard_at < self._liveness:
+            return
+        assert self._conn is not None
+        try:
+            self._conn.execute(query("listener_alive"))
+        except psycopg.Error as exc:
+            self._on_error(exc)
+            return
+        self._heard_at = time.monotonic()
 
     def _backlog(self) -> set[str]:
         assert self._conn is not None

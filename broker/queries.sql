@@ -4,7 +4,8 @@
 -- A consumer is woken through the channel 'pgjobs_' || md5(queue) (39 bytes, any queue name).
 --
 -- Tables touched: pgjobs_broker_consumer, pgjobs_broker_message, pgjobs_broker_queue,
--- pgjobs_broker_exchange, pgjobs_broker_binding, pgjobs_broker_dead_letter.
+-- pgjobs_broker_subscription, pgjobs_broker_exchange, pgjobs_broker_binding,
+-- pgjobs_broker_dead_letter.
 
 -- name: schema_present
 SELECT to_regclass('pgjobs_broker_message') IS NOT NULL;
@@ -36,12 +37,51 @@ WITH released AS (
 SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
 FROM (SELECT DISTINCT queue FROM released) AS woken;
 
--- name: consumer_drop_queues
--- Delete the auto-delete queues owned by the given consumers, with their bindings and messages.
+-- name: subscriptions_lock
+-- Lock the queues that an unsubscribe may leave unused, in name order (no deadlocks), so that
+-- two consumers leaving the same queue at once still see each other go.
+SELECT name FROM pgjobs_broker_queue
+WHERE name IN (
+    SELECT queue FROM pgjobs_broker_subscription
+    WHERE consumer = ANY(%(consumers)s::uuid[])
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text))
+ORDER BY name
+FOR UPDATE;
+
+-- name: unsubscribe
+-- The given consumers stop consuming %(queue)s (NULL: every queue). A queue left with no
+-- consumer is deleted with its bindings and messages if it is auto-delete (as in AMQP: when its
+-- last consumer goes), and starts its idle time if it expires (x-expires).
+WITH gone AS (
+    DELETE FROM pgjobs_broker_subscription
+    WHERE consumer = ANY(%(consumers)s::uuid[])
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    RETURNING queue
+), unused AS (
+    SELECT q.name, q.auto_delete FROM pgjobs_broker_queue q
+    WHERE q.name IN (SELECT queue FROM gone)
+      AND NOT EXISTS (SELECT 1 FROM pgjobs_broker_subscription s
+                      WHERE s.queue = q.name AND s.consumer <> ALL(%(consumers)s::uuid[]))
+), idle AS (
+    UPDATE pgjobs_broker_queue q SET idle_since = statement_timestamp()
+    FROM unused u WHERE q.name = u.name AND NOT u.auto_delete
+), dropped AS (
+    DELETE FROM pgjobs_broker_queue q USING unused u WHERE q.name = u.name AND u.auto_delete
+    RETURNING q.name
+), unbound AS (
+    DELETE FROM pgjobs_broker_binding b USING dropped d WHERE b.queue = d.name
+)
+DELETE FROM pgjobs_broker_message m USING dropped d WHERE m.queue = d.name;
+
+-- name: queue_expire
+-- Delete the queues declared with x-expires that have had no consumer for that long, with
+-- their bindings and messages. Run with every rescue.
 WITH dropped AS (
-    DELETE FROM pgjobs_broker_queue
-    WHERE owner = ANY(%(consumers)s::uuid[]) AND auto_delete
-    RETURNING name
+    DELETE FROM pgjobs_broker_queue q
+    WHERE q.expires IS NOT NULL
+      AND q.idle_since + q.expires < COALESCE(%(now)s::timestamptz, statement_timestamp())
+      AND NOT EXISTS (SELECT 1 FROM pgjobs_broker_subscription s WHERE s.queue = q.name)
+    RETURNING q.name
 ), unbound AS (
     DELETE FROM pgjobs_broker_binding b USING dropped d WHERE b.queue = d.name
 )
@@ -128,7 +168,17 @@ SELECT
      FROM (SELECT DISTINCT queue FROM promoted) AS woken);
 
 -- name: ack
-DELETE FROM pgjobs_broker_message WHERE id = ANY(%(ids)s::bigint[]);
+-- Delete the acknowledged messages that the consumer holds, or that nobody holds (given back
+-- while their task still ran: done now, they must not run again). A message another consumer
+-- holds is left alone: its lease lapsed and it runs there now.
+DELETE FROM pgjobs_broker_message
+WHERE id = ANY(%(ids)s::bigint[]) AND (consumer = %(consumer)s OR consumer IS NULL);
+
+-- name: retake
+-- A consumer whose lease lapsed takes back the messages it is still running, where nobody else
+-- took them meanwhile, so that they do not run a second time elsewhere.
+UPDATE pgjobs_broker_message SET consumer = %(consumer)s
+WHERE id = ANY(%(ids)s::bigint[]) AND consumer IS NULL;
 
 -- name: release
 -- Return held messages to their queues at once (requeue, channel close), and wake the queues.
@@ -143,9 +193,11 @@ SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
 FROM (SELECT DISTINCT queue FROM released) AS woken;
 
 -- name: dead_letter
--- Move one message to the dead-letter table with the reason.
+-- Move one message to the dead-letter table with the reason; as for ack, not one that another
+-- consumer holds.
 WITH moved AS (
-    DELETE FROM pgjobs_broker_message WHERE id = %(id)s
+    DELETE FROM pgjobs_broker_message
+    WHERE id = %(id)s AND (consumer = %(consumer)s OR consumer IS NULL)
     RETURNING id, queue, priority, deliveries, payload, created_at
 )
 INSERT INTO pgjobs_broker_dead_letter (id, queue, priority, deliveries, payload, reason, created_at)
@@ -160,33 +212,32 @@ SELECT count(*) FROM pgjobs_broker_message WHERE queue = %(queue)s AND consumer 
 DELETE FROM pgjobs_broker_message WHERE queue = %(queue)s AND consumer IS NULL;
 
 -- name: queue_declare
-INSERT INTO pgjobs_broker_queue (name, auto_delete) VALUES (%(queue)s, %(auto_delete)s)
-ON CONFLICT (name) DO NOTHING;
+-- Declaring a queue again counts as using it: an expiring queue's idle time starts over.
+INSERT INTO pgjobs_broker_queue (name, auto_delete, expires)
+VALUES (%(queue)s, %(auto_delete)s, make_interval(secs => %(expires)s))
+ON CONFLICT (name) DO UPDATE SET idle_since = statement_timestamp();
 
 -- name: queue_exists
 SELECT EXISTS (SELECT 1 FROM pgjobs_broker_queue WHERE name = %(queue)s)
     OR EXISTS (SELECT 1 FROM pgjobs_broker_message WHERE queue = %(queue)s);
 
--- name: queue_own
--- A consumer starts consuming an auto-delete queue: the queue now lives as long as it does.
-UPDATE pgjobs_broker_queue SET owner = %(consumer)s WHERE name = %(queue)s AND auto_delete;
-
--- name: queue_disown
--- The owner stopped consuming an auto-delete queue: delete it, with its bindings and messages.
-WITH dropped AS (
-    DELETE FROM pgjobs_broker_queue
-    WHERE name = %(queue)s AND owner = %(consumer)s AND auto_delete
-    RETURNING name
-), unbound AS (
-    DELETE FROM pgjobs_broker_binding b USING dropped d WHERE b.queue = d.name
+-- name: subscribe
+-- A consumer starts consuming a queue. The share lock waits for an unsubscribe deleting the
+-- queue at this moment.
+WITH locked AS (
+    SELECT name FROM pgjobs_broker_queue WHERE name = %(queue)s FOR SHARE
 )
-DELETE FROM pgjobs_broker_message m USING dropped d WHERE m.queue = d.name;
+INSERT INTO pgjobs_broker_subscription (queue, consumer)
+VALUES (%(queue)s, %(consumer)s)
+ON CONFLICT DO NOTHING;
 
 -- name: queue_delete
 WITH unbound AS (
     DELETE FROM pgjobs_broker_binding WHERE queue = %(queue)s
 ), emptied AS (
     DELETE FROM pgjobs_broker_message WHERE queue = %(queue)s
+), unsubscribed AS (
+    DELETE FROM pgjobs_broker_subscription WHERE queue = %(queue)s
 )
 DELETE FROM pgjobs_broker_queue WHERE name = %(queue)s;
 
@@ -227,3 +278,10 @@ LISTEN {channel};
 
 -- name: unlisten
 UNLISTEN {channel};
+
+-- name: local_statement_timeout
+-- Bound the statements of the current transaction (claims): a claim never waits for long.
+SELECT set_config('statement_timeout', %(timeout)s, true);
+
+-- name: listener_alive
+SELECT 1;

@@ -1,4 +1,4 @@
-"""The broker's DDL (``schema.sql``), split into statements for a migration to run one by one."""
+"""The broker's DDL (``schema*.sql``), split into statements for a migration to run one by one."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ TABLES = (
     "pgjobs_broker_message",
     "pgjobs_broker_consumer",
 )
-"""Every broker table, in an order safe to drop."""
+"""The tables of ``schema.sql``, in an order safe to drop."""
 
 
-def statements() -> list[str]:
-    """The statements of ``schema.sql`` without comments, in order."""
-    text = files("broker").joinpath("schema.sql").read_text(encoding="utf-8")
+STEPS = ("schema.sql", "schema_subscriptions.sql")
+"""The DDL files, in the order they apply (pgjobs runs them as migrations 0002 and 0004)."""
+
+
+def statements(step: str = "schema.sql") -> list[str]:
+    """The statements of one DDL file of :data:`STEPS` without comments, in order."""
+    text = files("broker").joinpath(step).read_text(encoding="utf-8")
     lines = [line.split("--", 1)[0].rstrip() for line in text.splitlines()]
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from broker import context
 from broker.messages import Claimed, encode, priority_of, visible_at
@@ -36,12 +37,32 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class Store:
-    """Broker operations on one database."""
+def fault_budget(conninfo: str, connect_timeout: float, fault_timeout: float) -> str:
+    """``conninfo`` with its fault budget: a connect that takes longer than ``connect_timeout``
+    fails, and so does a connection whose peer stays silent for about ``fault_timeout`` seconds,
+    idle (TCP keepalives) or not (``tcp_user_timeout``: data sent and never acknowledged), so a
+    half-open socket never blocks a claim, or the LISTEN connection, for the kernel's 15 minutes.
+    Settings already in ``conninfo`` win."""
+    probe = max(1, int(fault_timeout / 4))
+    budget = {
+        "connect_timeout": max(1, int(connect_timeout)),
+        "keepalives": 1,
+        "keepalives_idle": probe,
+        "keepalives_interval": probe,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(fault_timeout * 1000),
+    }
+    given = conninfo_to_dict(conninfo)
+    return make_conninfo(conninfo, **{k: v for k, v in budget.items() if k not in given})
 
-    def __init__(self, conninfo: str, connect_timeout: float = 5.0) -> None:
+
+class Store:
+    """Broker operations on one database. ``conninfo`` should carry its fault budget
+    (:func:`fault_budget`); claims also stop after ``statement_timeout`` seconds."""
+
+    def __init__(self, conninfo: str, statement_timeout: float = 10.0) -> None:
         self._conninfo = conninfo
-        self._connect_timeout = connect_timeout
+        self._claim_timeout = f"{int(statement_timeout * 1000)}ms"
         self._conn: psycopg.Connection | None = None
         self._pid = os.getpid()
 
@@ -53,9 +74,8 @@ class Store:
         if conn is not None and not conn.closed and not conn.broken and self._pid == os.getpid():
             return conn
         self.close()
-        self._conn = psycopg.connect(
-            self._conninfo, autocommit=True, connect_timeout=max(1, int(self._connect_timeout)),
-            application_name="pgjobs-broker")
+        self._conn = psycopg.connect(self._conninfo, autocommit=True,
+                                     application_name="pgjobs-broker")
         self._pid = os.getpid()
         return self._conn
 
@@ -99,38 +119,53 @@ class Store:
         return bool(self._one("consumer_beat", params)[0])
 
     def rescue(self, now: datetime | None = None) -> int:
-        """Give back the messages of consumers whose heartbeat expired, drop their auto-delete
-        queues, forget them. Returns how many consumers were found dead."""
+        """Give back the messages of consumers whose heartbeat expired, end their subscriptions,
+        forget them; delete the expiring queues unused for too long. Returns how many consumers
+        were found dead."""
         with self.transaction():
             dead = [row[0] for row in self._execute("consumer_expired", {"now": now})]
             if dead:
                 self._retire(dead)
+            self._execute("queue_expire", {"now": now})
         return len(dead)
 
     def retire(self, consumer: uuid.UUID) -> None:
-        """A consumer leaves cleanly: release what it holds, drop its auto-delete queues."""
+        """A consumer leaves cleanly: release what it holds, end its subscriptions."""
         with self.transaction():
             self._retire([consumer])
 
     def _retire(self, consumers: list[uuid.UUID]) -> None:
-        params = {"consumers": consumers}
-        self._execute("consumer_release_all", params)
-        self._execute("consumer_drop_queues", params)
-        self._execute("consumer_delete", params)
+        self._execute("consumer_release_all", {"consumers": consumers})
+        self._unsubscribe(consumers, None)
+        self._execute("consumer_delete", {"consumers": consumers})
+
+    def subscribe(self, queue: str, consumer: uuid.UUID) -> None:
+        self._execute("subscribe", {"queue": queue, "consumer": consumer})
+
+    def unsubscribe(self, queue: str, consumer: uuid.UUID) -> None:
+        """``consumer`` stops consuming ``queue``; an auto-delete queue left without consumers
+        goes, with its messages."""
+        with self.transaction():
+            self._unsubscribe([consumer], queue)
+
+    def _unsubscribe(self, consumers: list[uuid.UUID], queue: str | None) -> None:
+        params = {"consumers": consumers, "queue": queue}
+        self._execute("subscriptions_lock", params)
+        self._execute("unsubscribe", params)
 
     def claim(self, consumer: uuid.UUID, queues: Sequence[str], limit: int,
               now: datetime | None = None, acks: Sequence[int] = ()) -> list[Claimed]:
         """Lease up to ``limit`` visible messages of ``queues`` to ``consumer``, in queue order,
-        then priority (higher first), then publication order; first delete the ``acks``, in
-        the same round trip."""
+        then priority (higher first), then publication order; first delete the ``acks``. One
+        round trip, one transaction, bounded by the statement timeout."""
         params = {"consumer": consumer, "queues": list(queues), "limit": limit, "now": now}
         conn = self.connect()
-        if acks:
-            with conn.pipeline():
-                conn.execute(query("ack"), {"ids": list(acks)})
-                rows = conn.execute(query("claim"), params).fetchall()
-        else:
-            rows = conn.execute(query("claim"), params).fetchall()
+        with conn.pipeline(), conn.transaction():
+            conn.execute(query("local_statement_timeout"), {"timeout": self._claim_timeout})
+            if acks:
+                conn.execute(query("ack"), {"ids": list(acks), "consumer": consumer})
+            claimed = conn.execute(query("claim"), params)
+        rows = claimed.fetchall()
         rows.sort(key=lambda row: (row[4], -row[5], row[0]))
         return [Claimed(id=r[0], queue=r[1], deliveries=r[2], payload=r[3]) for r in rows]
 
@@ -138,17 +173,22 @@ class Store:
         """Make delayed (ETA) messages that are due claimable; returns how many."""
         return int(self._one("promote", {"now": now, "limit": limit})[0])
 
-    def ack(self, message_ids: Sequence[int]) -> None:
-        """Delete delivered messages."""
-        self._execute("ack", {"ids": list(message_ids)})
+    def ack(self, message_ids: Sequence[int], consumer: uuid.UUID) -> None:
+        """Delete the delivered messages that ``consumer`` still holds."""
+        self._execute("ack", {"ids": list(message_ids), "consumer": consumer})
+
+    def retake(self, message_ids: Sequence[int], consumer: uuid.UUID) -> int:
+        """Lease back to ``consumer`` those of ``message_ids`` that wait unheld; how many."""
+        return self._execute("retake", {"ids": list(message_ids), "consumer": consumer}).rowcount
 
     def release(self, message_ids: Sequence[int], consumer: uuid.UUID) -> None:
         """Return the messages ``consumer`` still holds among ``message_ids`` to their queues
         at once."""
         self._execute("release", {"ids": list(message_ids), "consumer": consumer})
 
-    def dead_letter(self, message_id: int, reason: str) -> None:
-        self._execute("dead_letter", {"id": message_id, "reason": reason})
+    def dead_letter(self, message_id: int, reason: str, consumer: uuid.UUID) -> None:
+        """Move a message ``consumer`` holds to the dead-letter table, with ``reason``."""
+        self._execute("dead_letter", {"id": message_id, "reason": reason, "consumer": consumer})
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -177,17 +217,13 @@ class Store:
     def purge(self, queue: str) -> int:
         return self._execute("purge", {"queue": queue}).rowcount
 
-    def declare_queue(self, queue: str, auto_delete: bool) -> None:
-        self._execute("queue_declare", {"queue": queue, "auto_delete": auto_delete})
+    def declare_queue(self, queue: str, auto_delete: bool, expires: float | None) -> None:
+        """Declare ``queue``; ``expires`` is AMQP's x-expires, in seconds."""
+        self._execute("queue_declare", {"queue": queue, "auto_delete": auto_delete,
+                                        "expires": expires})
 
     def queue_exists(self, queue: str) -> bool:
         return bool(self._one("queue_exists", {"queue": queue})[0])
-
-    def own_queue(self, queue: str, consumer: uuid.UUID) -> None:
-        self._execute("queue_own", {"queue": queue, "consumer": consumer})
-
-    def disown_queue(self, queue: str, consumer: uuid.UUID) -> None:
-        self._execute("queue_disown", {"queue": queue, "consumer": consumer})
 
     def delete_queue(self, queue: str) -> None:
         self._execute("queue_delete", {"queue": queue})

@@ -38,6 +38,12 @@ Transport options (``broker_transport_options``), with defaults:
     Most messages claimed at once by a consumer without a prefetch limit.
 ``connect_timeout`` (5)
     Seconds to wait for PostgreSQL when (re)connecting.
+``fault_timeout`` (10)
+    Seconds of silence after which a connection counts as dead: TCP keepalives and
+    ``tcp_user_timeout`` on every connection, so a half-open socket (a firewall or NAT that
+    dropped the session) fails instead of blocking for the kernel's 15 minutes; also the
+    statement timeout of a claim. The LISTEN connection is checked with a query after three
+    times as long without traffic.
 ``max_deliveries`` (None: unlimited)
     A message handed out more than this many times without being acknowledged (its worker
     keeps dying on it, e.g. out of memory) is moved to the dead-letter table instead.
@@ -46,6 +52,18 @@ Transport options (``broker_transport_options``), with defaults:
     doubles the publish rate (no WAL flush wait per message) at a price: if the PostgreSQL
     server crashes (not a clean restart), messages published in its last fraction of a second
     are lost, and recent acks are forgotten (those messages run again).
+
+Faults. A connection lost to a fault (kombu's ``collect``, as Celery does on a connection
+error) keeps its consumer and every lease: the tasks still running keep their messages, and
+their acks go out once the worker has reconnected; what was delivered but not started is
+given back (see :mod:`broker.consumer`). Only a clean close gives back everything at once. A
+consumer whose heartbeat was away for nearly ``visibility_timeout`` (a paused process, a
+lost network) raises a connection error on its next claim or loop turn, so that Celery
+drops its prefetched messages, which others may hold by now, and declares its queues and
+bindings again. Acks, rejects and releases only ever touch messages the consumer holds.
+
+Queues: as in AMQP, an auto-delete queue goes (with its messages) when its last consumer
+goes, and a queue declared with ``x-expires`` goes once it has had no consumer for that long.
 
 Order of delivery: queues in the order the consumer lists them, then priority, then
 publication order. Queue size (``queue_declare``/``_size``) counts the messages waiting in
@@ -56,78 +74,36 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import socket
-import threading
-import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from time import monotonic
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from kombu.transport import virtual
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
+from broker import options as transport_options
 from broker.channel import Channel
-from broker.heartbeat import Heartbeat
+from broker.consumer import Consumer, LeaseExpired, adopt_or_create
 from broker.listener import Listener
+from broker.loop import LoopBinding
 from broker.messages import Claimed, wake_channel
-from broker.store import SchemaMissing, Store
+from broker.store import SchemaMissing, Store, fault_budget, first_line
+from broker.urls import redact
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, float] = {
-    "visibility_timeout": 60.0,
-    "polling_interval": 1.0,
-    "eta_lookahead": 2.0,
-    "claim_batch_size": 100,
-    "connect_timeout": 5.0,
-}
 
-
-SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
-
-
-def _session_conninfo(conninfo: str, synchronous_commit: Any) -> str:
+def _session_conninfo(conninfo: str, synchronous_commit: str | None) -> str:
     """``conninfo`` with the ``synchronous_commit`` transport option applied, if given."""
     if synchronous_commit is None:
         return conninfo
-    value = str(synchronous_commit).lower()
-    if value not in SYNCHRONOUS_COMMIT:
-        raise ValueError("broker transport option synchronous_commit must be one of "
-                         f"{', '.join(SYNCHRONOUS_COMMIT)}, got {synchronous_commit!r}")
-    options = conninfo_to_dict(conninfo).get("options") or ""
-    return make_conninfo(conninfo, options=f"{options} -c synchronous_commit={value}".strip())
-
-
-def _options(raw: dict[str, Any]) -> dict[str, float]:
-    """The numeric transport options, validated; ValueError names the bad one."""
-    options = dict(DEFAULTS)
-    for name in (*DEFAULTS, "heartbeat_interval", "max_deliveries"):
-        value = raw.get(name)
-        if value is None:
-            continue
-        try:
-            options[name] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"broker transport option {name} must be a number, "
-                             f"got {value!r}") from None
-        if options[name] <= 0:
-            raise ValueError(f"broker transport option {name} must be positive, got {value!r}")
-    options.setdefault("heartbeat_interval", min(5.0, options["visibility_timeout"] / 4))
-    if options["heartbeat_interval"] * 2 > options["visibility_timeout"]:
-        # A lease must survive a late or failed heartbeat, or live consumers are rescued
-        # and their messages run twice.
-        raise ValueError("broker transport option heartbeat_interval must be at most half of "
-                         f"visibility_timeout, got {options['heartbeat_interval']:g} and "
-                         f"{options['visibility_timeout']:g}")
-    return options
+    return make_conninfo(conninfo, options=f"-c synchronous_commit={synchronous_commit}")
 
 
 class Transport(virtual.Transport):
-    """kombu transport; one instance per kombu ``Connection``, one consumer row when it
+    """kombu transport; one instance per kombu ``Connection``, one consumer when it
     consumes."""
 
     Channel = Channel
@@ -140,39 +116,40 @@ class Transport(virtual.Transport):
         exchange_type=frozenset(["direct", "topic", "fanout"]),
     )
     connection_errors = virtual.Transport.connection_errors + (
-        psycopg.OperationalError, psycopg.InterfaceError, SchemaMissing)
+        psycopg.OperationalError, psycopg.InterfaceError, SchemaMissing, LeaseExpired)
     channel_errors = virtual.Transport.channel_errors + (psycopg.DataError,)
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
-        options = _options(client.transport_options)
-        self.visibility_timeout = options["visibility_timeout"]
-        self.polling_interval = options["polling_interval"]
-        self.heartbeat_interval = options["heartbeat_interval"]
-        self.eta_lookahead = options["eta_lookahead"]
-        self.claim_batch_size = int(options["claim_batch_size"])
-        self.connect_timeout = options["connect_timeout"]
-        self.max_deliveries = int(options["max_deliveries"]) if "max_deliveries" in options \
-            else None
+        self.options = transport_options.parse(client.transport_options)
+        self.visibility_timeout = self.options.visibility_timeout
+        self.polling_interval = self.options.polling_interval
+        self.eta_lookahead = self.options.eta_lookahead
+        self.claim_batch_size = self.options.claim_batch_size
+        self.max_deliveries = self.options.max_deliveries
         self.conninfo = _conninfo(client)
-        self.store = Store(_session_conninfo(
-            self.conninfo, client.transport_options.get("synchronous_commit")),
-            self.connect_timeout)
-        self.listener = Listener(self.conninfo, self.connect_timeout)
-        self.consumer_id = uuid.uuid4()
-        self.heartbeat: Heartbeat | None = None
-        self._loop: Any = None
-        self._loop_thread = 0
-        self._watched_fd: int | None = None
-        self._timers: list[Any] = []
+        budgeted = fault_budget(self.conninfo, self.options.connect_timeout,
+                                self.options.fault_timeout)
+        self._budgeted = budgeted
+        self.store = Store(_session_conninfo(budgeted, self.options.synchronous_commit),
+                           self.options.fault_timeout)
+        self.listener = Listener(budgeted, liveness=3 * self.options.fault_timeout)
+        self.consumer: Consumer | None = None
+        self.loop = LoopBinding(self)
         self._pid = os.getpid()
         self._next_promotion = 0.0
+        self._lease_warned = False
 
     def driver_version(self) -> str:
         return psycopg.__version__
 
     def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
         return uri if include_password else redact(uri, mask)
+
+    @property
+    def consumer_id(self) -> Any:
+        """This connection's consumer id, once it consumes."""
+        return self.consumer.id if self.consumer is not None else None
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -191,69 +168,118 @@ class Transport(virtual.Transport):
         return os.getpid() != self._pid
 
     def close_connection(self, connection: Any) -> None:
+        """A clean close: every held message goes back at once, the consumer leaves."""
         if self.forked:
             # A forked child (e.g. a prefork pool process) closing its parent's connection:
             # the consumer, its leases and its sessions belong to the parent.
-            self.listener.close()
-            self.store.close()
+            self._drop_sessions()
             return
-        self._unwatch()
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
+        self.loop.unbind()
         try:
             super().close_connection(connection)
-            if self.heartbeat is not None:
-                self.store.retire(self.consumer_id)
+            if self.consumer is not None:
+                self.consumer.retire()
         except psycopg.Error as exc:
-            logger.debug("pgjobs broker: closing without clean-up (%s)", exc)
+            logger.warning("pgjobs broker: closed without clean-up (%s); the messages it held "
+                           "return after visibility_timeout", first_line(exc))
         finally:
-            self.heartbeat = None
-            self.listener.close()
-            self.store.close()
+            if self.consumer is not None:
+                self.consumer.heartbeat.stop()
+            self.consumer = None
+            self._drop_sessions()
+
+    def _collect(self, connection: Any) -> None:
+        """The connection was lost (kombu's ``collect``; Celery's reaction to a connection
+        error): drop it without a word to the database, and park the consumer with its leases
+        for this process's next connection."""
+        if self.forked:
+            self._drop_sessions()
+            return
+        self.loop.unbind()
+        channels = list(self.channels)
+        for channel in channels:
+            channel.orphan(self.consumer)
+        self.channels.clear()
+        self._avail_channels.clear()
+        if self.consumer is not None:
+            self.consumer.park(channels)
+            held = sum(len(channel.held_tags()) for channel in channels)
+            logger.warning("pgjobs broker: connection lost; keeping the leases of %d delivered "
+                           "message(s) for the next connection", held)
+        self.consumer = None
+        self._drop_sessions()
+
+    def _drop_sessions(self) -> None:
+        self.listener.close()
+        self.store.close()
 
     # -- consumers ------------------------------------------------------------------------
 
     def start_consuming(self, queue: str) -> None:
-        """A channel consumes ``queue``: register this consumer, LISTEN, own an auto-delete
-        queue."""
-        self._register()
-        self.store.own_queue(queue, self.consumer_id)
+        """A channel consumes ``queue``: register this consumer, subscribe, LISTEN."""
+        consumer = self._register()
+        self.store.subscribe(queue, consumer.id)
         self.listener.add(queue)
 
     def stop_consuming(self, queue: str) -> None:
-        if self.forked or any(queue in channel._active_queues for channel in self.channels):
+        if self.forked or self.consumer is None or any(
+                queue in channel._active_queues for channel in self.channels):
             return
         try:
-            self.store.disown_queue(queue, self.consumer_id)
+            self.store.unsubscribe(queue, self.consumer.id)
         except psycopg.Error as exc:
-            logger.debug("pgjobs broker: could not drop queue %r (%s)", queue, exc)
+            logger.warning("pgjobs broker: could not unsubscribe from queue %r (%s)", queue,
+                           first_line(exc))
         self.listener.remove(queue)
 
-    def _register(self) -> None:
-        if self.heartbeat is not None:
+    def _register(self) -> Consumer:
+        """This connection's consumer: the one a lost connection of this process left
+        behind, or a new one."""
+        if self.consumer is None:
+            consumer = adopt_or_create(self.conninfo, self._new_consumer)
+            consumer.attach(self.store)
+            self.consumer = consumer
+            self._lease_warned = False
+            self.listener.ensure()
+        return self.consumer
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer(self.conninfo, Store(self._budgeted, self.options.fault_timeout),
+                        self.visibility_timeout, self.options.heartbeat_interval)
+
+    def check_lease(self) -> None:
+        """Raise :class:`LeaseExpired` (a connection error) when this consumer's leases may be
+        gone, so that nothing it prefetched is handed out any more."""
+        consumer = self.consumer
+        if consumer is None or not consumer.heartbeat.expired():
             return
-        hostname = socket.gethostname()
-        self.store.beat(self.consumer_id, hostname, self.visibility_timeout)
-        self.heartbeat = Heartbeat(Store(self.conninfo, self.connect_timeout), self.consumer_id,
-                                   hostname, self.visibility_timeout, self.heartbeat_interval)
-        self.heartbeat.start()
-        self.listener.ensure()
+        if not self._lease_warned:
+            logger.warning("pgjobs broker: no heartbeat for nearly visibility_timeout (%gs): "
+                           "this process was paused or cut off; dropping what it prefetched "
+                           "and reconnecting", self.visibility_timeout)
+            self._lease_warned = True
+        raise LeaseExpired("the consumer's leases may have lapsed")
 
     def claim(self, queues: Sequence[str], limit: int, now: datetime | None = None,
               acks: Sequence[int] = ()) -> list[Claimed]:
         """Delete ``acks``, then lease up to ``limit`` messages of ``queues`` to this
         consumer."""
-        self._register()
+        consumer = self._register()
+        self.check_lease()
         try:
-            return self.store.claim(self.consumer_id, queues, limit, now, acks)
+            return self.store.claim(consumer.id, queues, limit, now, acks)
         except psycopg.errors.ForeignKeyViolation:
-            # Our consumer row was rescued away (heartbeat lapsed): register again and retry.
-            self.store.beat(self.consumer_id, socket.gethostname(), self.visibility_timeout)
-            return self.store.claim(self.consumer_id, queues, limit, now, acks)
+            # Our consumer row was rescued away: its leases and subscriptions are gone.
+            consumer.heartbeat.lapsed = True
+            raise LeaseExpired("the consumer's leases lapsed") from None
 
     def batches_acks(self) -> bool:
         """Acks wait for the next loop turn only on the event loop's own thread."""
-        return self._loop is not None and threading.get_ident() == self._loop_thread
+        return self.loop.on_loop_thread()
+
+    def wake(self) -> None:
+        """Let the event loop claim again at once (a prefetch window freed up)."""
+        self.loop.wake()
 
     # -- synchronous draining (kombu Connection.drain_events) -----------------------------
 
@@ -262,93 +288,44 @@ class Transport(virtual.Transport):
         ``polling_interval`` at a time) until something is, or ``timeout`` passes."""
         deadline = None if timeout is None else monotonic() + timeout
         while True:
-            self._maybe_promote()
-            if self._deliver_all(force=True):
+            self.maybe_promote()
+            if self.deliver_all(force=True):
                 return
             remaining = self.polling_interval if deadline is None else deadline - monotonic()
             if remaining <= 0:
                 raise TimeoutError()
             self.listener.wait(min(self.polling_interval, remaining))
 
-    def _maybe_promote(self) -> None:
+    def maybe_promote(self) -> None:
         """At most once per polling interval, let due ETA messages into their queues."""
-        if self.heartbeat is None or monotonic() < self._next_promotion:
+        if self.consumer is None or monotonic() < self._next_promotion:
             return
         self._next_promotion = monotonic() + self.polling_interval
         self.store.promote()
 
-    def _deliver_all(self, force: bool = False) -> int:
+    def deliver_all(self, force: bool = False) -> int:
         delivered = 0
-        batch = self._loop is not None
+        batch = self.loop.bound
         for channel in list(self.channels):
             if force or channel.pending:
                 delivered += channel.deliver_ready(batch=batch)
             channel.flush_acks()
         return delivered
 
-    def _mark(self, notified: Iterable[str]) -> None:
+    def mark(self, notified: Iterable[str]) -> None:
         notified = set(notified)
         for channel in self.channels:
             if any(wake_channel(queue) in notified for queue in channel._active_queues):
                 channel.pending = True
 
-    def _mark_all(self) -> None:
+    def mark_all(self) -> None:
         for channel in self.channels:
             channel.pending = True
 
     # -- Celery's event loop ----------------------------------------------------------------
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
-        self._watch()
-        loop.on_tick.add(self._on_tick)
-        self._timers.append(loop.call_repeatedly(self.polling_interval, self._on_poll))
-
-    def on_readable(self, fileno: int) -> None:
-        self._mark(self.listener.drain())
-        self._deliver_all()
-
-    def _on_tick(self) -> None:
-        if self.heartbeat is not None and self.listener.ensure():
-            self._mark_all()  # notifications sent while it was down are lost
-        self._watch()
-        self._deliver_all()
-
-    def _on_poll(self) -> None:
-        self.listener.ensure()
-        self._maybe_promote()
-        self._mark_all()
-        self._deliver_all()
-
-    def _watch(self) -> None:
-        """Keep the loop reading the LISTEN socket, which changes when it reconnects."""
-        fd = self.listener.fileno()
-        if fd == self._watched_fd or self._loop is None:
-            return
-        self._forget_fd()
-        if fd is not None:
-            self._loop.add_reader(fd, self.on_readable, fd)
-            self._mark_all()
-        self._watched_fd = fd
-
-    def _forget_fd(self) -> None:
-        if self._watched_fd is not None:
-            try:
-                self._loop.remove_reader(self._watched_fd)
-            except (OSError, ValueError, KeyError):
-                pass
-            self._watched_fd = None
-
-    def _unwatch(self) -> None:
-        if self._loop is None:
-            return
-        self._forget_fd()
-        self._loop.on_tick.discard(self._on_tick)
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        self._loop = None
+        self.loop.bind(loop)
 
 
 def _conninfo(client: Any) -> str:
@@ -358,23 +335,3 @@ def _conninfo(client: Any) -> str:
         return hostname
     return make_conninfo(host=hostname, port=client.port or 5432, user=client.userid or None,
                          password=client.password or None, dbname=client.virtual_host or None)
-
-
-# libpq also takes the password as a URI parameter: ...?password=secret
-_QUERY_PASSWORD = re.compile(r"(?:^|(?<=&))password=[^&]*")
-
-
-def redact(url: str, mask: str = "**") -> str:
-    """``url`` with its password masked, in the user part and in the parameters."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable broker URL>"
-    query = _QUERY_PASSWORD.sub(lambda _: f"password={mask}", parts.query)
-    if parts.password is None and query == parts.query:
-        return url
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}:{mask}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -63,6 +63,6 @@ def kill_heartbeat(conn: Connection, db_url: str) -> None:
     """Make ``conn``'s consumer look dead: no more heartbeats, and its last one aged past
     its visibility timeout."""
     transport = conn.transport
-    transport.heartbeat.stop()
+    transport.consumer.heartbeat.stop()
     sql(db_url, "UPDATE pgjobs_broker_consumer SET expires_at = now() - interval '1 second' "
                 "WHERE id = %(id)s", {"id": transport.consumer_id})

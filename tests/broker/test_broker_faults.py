@@ -131,10 +131,10 @@ def test_a_forked_child_closing_the_connection_leaves_the_parents_consumer_alone
     assert parent.transport.claim(["forked"], 1) == []
 
 
-def test_an_ack_after_the_connection_closed_still_deletes_the_message(
+def test_an_ack_after_a_clean_close_still_deletes_the_message_nobody_took(
         db_url: str, conns: list[Connection]) -> None:
-    # given a message delivered on a connection that then goes away (as when PostgreSQL
-    # restarts while a task runs): its lease is released
+    # given a message delivered on a connection that was then closed cleanly while its task
+    # still ran: its lease is released
     conn = connect(db_url, conns)
     message = deliver_one(conn, "late")
     conn.release()
