@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 
 from broker.messages import Claimed, MalformedMessage, decode
 from broker.store import Store, first_line
@@ -304,6 +305,11 @@ class Channel(virtual.Channel):
     def _new_queue(self, queue: str, auto_delete: bool = False, arguments: Any = None,
                    **kwargs: Any) -> None:
         self.store.declare_queue(queue, bool(auto_delete), expires_seconds(arguments))
+
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        """``Queue(expires=...)`` becomes ``x-expires``, as on AMQP (kombu's virtual channels
+        drop it)."""
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return self.store.queue_exists(queue)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from broker_helpers import Connect, kill_heartbeat, publish, rows
+from broker_helpers import Connect, kill_heartbeat, publish, rows, sql
 from kombu import Connection, Queue
 from kombu.message import Message
 
@@ -60,3 +60,19 @@ def test_a_failing_callback_does_not_strand_the_rest_of_its_claim(
     # then the two messages it never handed over wait in the queue for any consumer
     assert [consumer_id for _, consumer_id in rows(db_url, "stranded")[1:]] == [None, None]
     assert len(conn.transport.claim(["stranded"], 10)) == 2
+
+
+@pytest.mark.parametrize("settle", ["ack", "reject without requeue"])
+def test_a_consumer_whose_lease_lapsed_cannot_delete_what_another_now_holds(
+        connect: Connect, db_url: str, settle: str) -> None:
+    # given a message rescued from a consumer whose lease lapsed, now run by a second one
+    queue = Queue("contested")
+    first, stale, second, current = taken_over(connect, db_url, queue)
+    # when the first consumer's task finishes and settles its stale copy
+    if settle == "ack":
+        stale.ack()
+    else:
+        stale.reject(requeue=False)
+    # then the message still belongs to the second, and nothing went to the dead letters
+    assert rows(db_url, "contested") == [(current.delivery_tag, second.transport.consumer_id)]
+    assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_dead_letter") == [(0,)]
