@@ -344,7 +344,16 @@ def test_a_message_is_woken_through_the_event_loop(connect: Connect) -> None:
 
 
 @pytest.mark.parametrize(("options", "complaint"), [
-    ({"visibility_timeout": "soon"}, "visibility_timeout must be a number"),
+    ({"visibility_timeout": "soon"}, "visibility_timeout must be a number from 1 to 86400, "
+                                     "got 'soon'"),
+    ({"visibility_timeout": "inf"}, "visibility_timeout must be a number from 1 to 86400"),
+    ({"visibility_timeout": float("nan")}, "visibility_timeout must be a number from 1"),
+    ({"visibility_timeout": 1e13}, "visibility_timeout must be a number from 1 to 86400"),
+    ({"visibility_timeout": 0.001}, "visibility_timeout must be a number from 1 to 86400"),
+    ({"polling_interval": 0}, "polling_interval must be a number from 0.01 to 3600"),
+    ({"claim_batch_size": 2.5}, "claim_batch_size must be a whole number from 1 to 10000"),
+    ({"max_deliveries": True}, "max_deliveries must be a whole number"),
+    ({"fault_timeout": 1}, "fault_timeout must be a number from 2 to 600"),
     ({"visibility_timeout": 10, "heartbeat_interval": 6},
      "heartbeat_interval must be at most half of visibility_timeout, got 6 and 10"),
 ])
