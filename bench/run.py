@@ -141,10 +141,12 @@ def worker_env(plan: Plan, broker: str, reports: Reports) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def worker(plan: Plan, broker: str, reports: Reports, log: Path) -> Iterator[None]:
+def worker(plan: Plan, broker: str, reports: Reports, log: Path, pool: str = "prefork",
+           concurrency: int | None = None) -> Iterator[None]:
     """A ``celery worker`` for ``broker``, stopped (then killed if need be) on exit."""
     command = [
-        str(CELERY), "-A", "bench.app", "worker", "-P", "prefork", "-c", str(plan.concurrency),
+        str(CELERY), "-A", "bench.app", "worker", "-P", pool,
+        "-c", str(concurrency or plan.concurrency),
         "--prefetch-multiplier", str(plan.prefetch), "-Q", plan.queue, "-l", "WARNING",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
