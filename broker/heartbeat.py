@@ -68,6 +68,8 @@ class Heartbeat:
         self.renewed_at = max(self.renewed_at, started)
 
     def _run(self) -> None:
+        # Beat at once: a connection the heartbeat cannot make should show at start.
+        self.beat()
         while not self._stop.wait(self.interval):
             self.beat()
 

@@ -12,10 +12,12 @@ Environment it reads (all set by the test that starts the worker):
 - ``PROCESS_TEST_REDIS_URL``: the Redis URL for ``redis`` (default ``redis://127.0.0.1:6379/13``).
 - ``PROCESS_TEST_QUEUE``: the queue tasks go to (default ``celery``).
 - ``VISIBILITY_TIMEOUT``: seconds after which a dead worker's messages go back (default 3).
+- ``PROCESS_TEST_TRANSPORT_OPTIONS``: JSON object of extra pgjobs transport options.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -52,6 +54,7 @@ def broker_settings(
             "broker_transport_options": {
                 "visibility_timeout": visibility_timeout,
                 "polling_interval": 0.5,
+                **json.loads(os.environ.get("PROCESS_TEST_TRANSPORT_OPTIONS") or "{}"),
             },
         }
     if broker == "sqla":
@@ -115,7 +118,11 @@ class _Runs:
     @classmethod
     def _connect(cls) -> psycopg.Connection:
         if cls.connection is None or cls.connection.closed:
-            cls.connection = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+            # Dead network paths are among the faults under test: fail fast, then reconnect.
+            cls.connection = psycopg.connect(
+                os.environ["DATABASE_URL"], autocommit=True, connect_timeout=5, keepalives=1,
+                keepalives_idle=1, keepalives_interval=1, keepalives_count=3,
+                tcp_user_timeout=4000)
         return cls.connection
 
 

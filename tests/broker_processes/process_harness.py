@@ -91,10 +91,13 @@ class Workers:
     env: dict[str, str]
     logdir: Path
     started: list[Worker] = field(default_factory=list)
+    # Runs each worker through this command, e.g. inside another network namespace.
+    prefix: list[str] = field(default_factory=list)
 
     def start(self, name: str, concurrency: int = 1, ready_timeout: float = 60) -> Worker:
         log = self.logdir / f"{name}.log"
         command = [
+            *self.prefix,
             str(CELERY), "-A", APP_MODULE, "worker", "-n", f"{name}@%h", "-P", "prefork",
             "-c", str(concurrency), "-l", "INFO", "--without-mingle", "--without-gossip",
         ]
