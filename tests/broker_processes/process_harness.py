@@ -94,11 +94,12 @@ class Workers:
     # Runs each worker through this command, e.g. inside another network namespace.
     prefix: list[str] = field(default_factory=list)
 
-    def start(self, name: str, concurrency: int = 1, ready_timeout: float = 60) -> Worker:
+    def start(self, name: str, concurrency: int = 1, ready_timeout: float = 60,
+              pool: str = "prefork") -> Worker:
         log = self.logdir / f"{name}.log"
         command = [
             *self.prefix,
-            str(CELERY), "-A", APP_MODULE, "worker", "-n", f"{name}@%h", "-P", "prefork",
+            str(CELERY), "-A", APP_MODULE, "worker", "-n", f"{name}@%h", "-P", pool,
             "-c", str(concurrency), "-l", "INFO", "--without-mingle", "--without-gossip",
         ]
         with log.open("ab") as out:
