@@ -30,7 +30,7 @@ from beat.specs import (
     check_timezone,
     parse_json,
 )
-from config.errors import one_line
+from config.errors import database_error
 from config.settings import SettingsError, get_settings
 from config.urls import sqlalchemy_url
 
@@ -67,18 +67,13 @@ def _session() -> Iterator[Session]:
     except (SpecError, LookupError) as error:
         raise click.ClickException(_message(error)) from None
     except SQLAlchemyError as error:
-        raise click.ClickException(f"database error: {_first_line(error)}") from None
+        raise click.ClickException(f"database error: {database_error(error)}") from None
     finally:
         engine.dispose()
 
 
 def _message(error: Exception) -> str:
     return error.args[0] if error.args else str(error)
-
-
-def _first_line(error: SQLAlchemyError) -> str:
-    line = one_line(error)
-    return f"{line}; run `pgjobs migrate`" if "does not exist" in line else line
 
 
 def _schedule_spec(cron: str | None, every: int | None, at: str | None,

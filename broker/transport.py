@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import uuid
@@ -64,7 +63,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from time import monotonic
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from kombu.transport import virtual
@@ -75,6 +73,7 @@ from broker.heartbeat import Heartbeat
 from broker.listener import Listener
 from broker.messages import Claimed, wake_channel
 from broker.store import SchemaMissing, Store
+from broker.urls import redact
 
 logger = logging.getLogger(__name__)
 
@@ -358,23 +357,3 @@ def _conninfo(client: Any) -> str:
         return hostname
     return make_conninfo(host=hostname, port=client.port or 5432, user=client.userid or None,
                          password=client.password or None, dbname=client.virtual_host or None)
-
-
-# libpq also takes the password as a URI parameter: ...?password=secret
-_QUERY_PASSWORD = re.compile(r"(?:^|(?<=&))password=[^&]*")
-
-
-def redact(url: str, mask: str = "**") -> str:
-    """``url`` with its password masked, in the user part and in the parameters."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable broker URL>"
-    query = _QUERY_PASSWORD.sub(lambda _: f"password={mask}", parts.query)
-    if parts.password is None and query == parts.query:
-        return url
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}:{mask}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo, available_timezones
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from config.urls import normalise_database_url, redact_url
+from broker.urls import redact
+from config.urls import normalise_database_url
 
 
 class SettingsError(Exception):
@@ -164,7 +165,7 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise ValueError(f"is malformed: {redact_url(url)}") from None
+        raise ValueError(f"is malformed: {redact(url)}") from None
     if parts.scheme not in ("smtp", "smtps"):
         raise ValueError("must start with smtp:// or smtps://")
     if not parts.hostname:

@@ -19,6 +19,8 @@ def test_given_no_database_url_when_required_then_error_names_variable():
     [
         ("database_url", "mysql://u:p@h/db", "DATABASE_URL must be a postgresql:// URL"),
         ("database_url", "postgresql://u:hunter2@h:port/db", "DATABASE_URL is malformed"),
+        ("database_url", "postgresql://u:hunter2 x@h/db", "DATABASE_URL is malformed"),
+        ("database_url", "postgresql://u@h/db?password=hunter2 x", "DATABASE_URL is malformed"),
         ("smtp_url", "http://mail:25", "SMTP_URL must start with smtp://"),
         ("smtp_url", "smtp://u:hunter2@:25", "SMTP_URL names no host"),
         ("timezone", "Mars/Olympus", "TIMEZONE unknown time zone 'Mars/Olympus'"),
@@ -49,6 +51,13 @@ def test_postgres_scheme_is_normalised():
     assert settings.database_url == "postgresql://u:p@h:5432/db"
 
 
+def test_a_percent_encoded_password_is_kept_as_given():
+    url = "postgresql://u:p%20%40%3A%2F%25%3F%23%26q@h:5432/db"
+    assert load_settings(database_url=url).database_url == url
+    assert load_settings(database_url=url.replace("postgresql", "postgres", 1)).database_url \
+        == url
+
+
 def test_worker_with_malformed_database_url_exits_with_one_line():
     env = {"DATABASE_URL": "postgresql://u:hunter2@h:notaport/db", "PATH": ""}
     result = subprocess.run(
@@ -57,7 +66,9 @@ def test_worker_with_malformed_database_url_exits_with_one_line():
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        "pgjobs: DATABASE_URL is malformed: postgresql://u:***@h:notaport/db"]
+        "pgjobs: DATABASE_URL is malformed: postgresql://u:**@h:notaport/db; expected "
+        "postgresql://user:pass@host:port/db, with special characters in user and password "
+        "percent-encoded (a space is %20)"]
 
 
 @pytest.mark.parametrize("role", ["worker", "beat"])
@@ -70,7 +81,7 @@ def test_unreachable_database_stops_start_up_with_one_line(role, tmp_path):
     assert result.returncode != 0
     assert "hunter2" not in result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
-        "pgjobs: DATABASE_URL: cannot connect to postgresql://u:***@127.0.0.1:1/db")
+        "pgjobs: DATABASE_URL: cannot connect to postgresql://u:**@127.0.0.1:1/db")
     assert "Traceback" not in result.stderr
 
 
@@ -89,14 +100,16 @@ def test_migrate_against_unreachable_database_prints_one_line(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "Error: DATABASE_URL: cannot connect to postgresql://u:***@127.0.0.1:1/db (connection "
+        "Error: DATABASE_URL: cannot connect to postgresql://u:**@127.0.0.1:1/db (connection "
         'failed: connection to server at "127.0.0.1", port 1 failed: Connection refused); '
-        "check that PostgreSQL is running and the URL is right"]
+        "check that PostgreSQL is running and the host and port in DATABASE_URL are right"]
 
 
-def test_sqlalchemy_url_adds_the_driver_once():
+def test_sqlalchemy_url_adds_the_driver_and_the_connect_timeout_once():
     from config.urls import sqlalchemy_url
 
     once = sqlalchemy_url("postgresql://u:p@h/db")
-    assert once == "postgresql+psycopg://u:p@h/db"
+    assert once == "postgresql+psycopg://u:p@h/db?connect_timeout=5"
     assert sqlalchemy_url(once) == once
+    assert sqlalchemy_url("postgresql://h/db?sslmode=require&connect_timeout=9") == \
+        "postgresql+psycopg://h/db?sslmode=require&connect_timeout=9"
