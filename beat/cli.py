@@ -34,6 +34,10 @@ from config.errors import database_error
 from config.settings import SettingsError, get_settings
 from config.urls import sqlalchemy_url
 
+# Beyond these, schedules stop meaning anything (and the database columns overflow).
+MAX_EVERY_SECONDS = 10 * 365 * 24 * 3600
+LATEST_AT_YEAR = 9998
+
 
 class _OneLineCommand(click.Command):
     """Usage mistakes print one line (``Error: ...``) instead of the usage banner."""
@@ -84,8 +88,38 @@ def _schedule_spec(cron: str | None, every: int | None, at: str | None,
     if cron is not None:
         return CronSpec.parse(cron, timezone)
     if every is not None:
-        return IntervalSpec(every)
-    return ClockedSpec.parse(at, timezone, datetime.now(UTC))
+        return IntervalSpec(_check_every(every))
+    return _clocked(at, timezone)
+
+
+def _check_every(seconds: int) -> int:
+    if not 1 <= seconds <= MAX_EVERY_SECONDS:
+        raise SpecError(f"--every {seconds} must be a whole number of seconds from 1 to "
+                        f"{MAX_EVERY_SECONDS} (10 years)")
+    return seconds
+
+
+def _clocked(at: str, timezone: str) -> ClockedSpec:
+    now = datetime.now(UTC)
+    try:
+        spec = ClockedSpec.parse(at, timezone, now)
+    except OverflowError:  # a time near year 9999 that UTC cannot hold
+        spec = None
+    if spec is None or spec.at.year > LATEST_AT_YEAR:
+        raise SpecError(f"--at {at!r} is too far ahead; give a time before "
+                        f"{LATEST_AT_YEAR + 1}-01-01")
+    return spec
+
+
+def _check_task(task: str, force: bool) -> None:
+    """Refuse a task name the app does not know, a typo that would fail at every run."""
+    from config.celery import app
+
+    for module in (*app.conf.imports, *app.conf.include):
+        app.loader.import_task_module(module)
+    if not force and task not in app.tasks:
+        raise SpecError(f"--task {task!r} is not a task this app knows; check the name, "
+                        "or give --force to schedule a task defined elsewhere")
 
 
 @schedule.command()
@@ -100,9 +134,10 @@ def _schedule_spec(cron: str | None, every: int | None, at: str | None,
 @click.option("--timezone", default=None, help="IANA zone for --cron/--at (default TIMEZONE).")
 @click.option("--catch-up", "catch_up", type=click.Choice(CATCH_UP_CHOICES), default="once",
               show_default=True, help="After downtime: run once, or skip missed runs.")
+@click.option("--force", is_flag=True, help="Accept a --task this app does not define.")
 def add(name: str, task: str, cron: str | None, every: int | None, at: str | None,
         args_json: str, kwargs_json: str, queue: str | None, timezone: str | None,
-        catch_up: str) -> None:
+        catch_up: str, force: bool) -> None:
     """Add entry NAME."""
     with _session() as session:
         spec = EntrySpec(
@@ -110,6 +145,7 @@ def add(name: str, task: str, cron: str | None, every: int | None, at: str | Non
             schedule=_schedule_spec(cron, every, at, timezone or get_settings().timezone),
             args=parse_json("--args", args_json, list),
             kwargs=parse_json("--kwargs", kwargs_json, dict))
+        _check_task(task, force)
         store.add_entries(session, [spec], only_missing=False)
     click.echo(f"added {name}")
 
