@@ -60,12 +60,12 @@ def migrate() -> None:
 @click.option("--no-beat", is_flag=True, help="Run the worker only.")
 def dev(concurrency: int, no_beat: bool) -> None:
     """Run a worker and beat locally; with no DATABASE_URL, on an embedded PostgreSQL."""
-    from config.dev import celery_commands, database_for, run_processes
+    from config.dev import celery_commands, database_for, run_processes, sigterm_as_interrupt
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    with database_for(settings) as database_url:
+    with sigterm_as_interrupt(), database_for(settings) as database_url:
         if not settings.database_url:
             click.echo(f"pgjobs: embedded PostgreSQL in {settings.data_dir}, "
                        f"DATABASE_URL={redact(database_url)}")
