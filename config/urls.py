@@ -36,6 +36,8 @@ def normalise_database_url(url: str) -> str:
             "special characters in user and password percent-encoded (a space is %20)") from None
     if not parsed.database:
         raise ValueError("names no database; expected postgresql://user:pass@host:port/db")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(f"names port {parsed.port}; a port is from 1 to 65535")
     return normalised
 
 

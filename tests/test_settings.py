@@ -19,6 +19,8 @@ def test_given_no_database_url_when_required_then_error_names_variable():
     [
         ("database_url", "mysql://u:p@h/db", "DATABASE_URL must be a postgresql:// URL"),
         ("database_url", "postgresql://u:hunter2@h:port/db", "DATABASE_URL is malformed"),
+        ("database_url", "postgresql://u:hunter2@h:99999/db",
+         "DATABASE_URL names port 99999; a port is from 1 to 65535"),
         ("database_url", "postgresql://u:hunter2 x@h/db", "DATABASE_URL is malformed"),
         ("database_url", "postgresql://u@h/db?password=hunter2 x", "DATABASE_URL is malformed"),
         ("smtp_url", "http://mail:25", "SMTP_URL must start with smtp://"),
