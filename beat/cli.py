@@ -100,14 +100,14 @@ def _check_every(seconds: int) -> int:
 
 
 def _clocked(at: str, timezone: str) -> ClockedSpec:
-    now = datetime.now(UTC)
-    try:
-        spec = ClockedSpec.parse(at, timezone, now)
-    except OverflowError:  # a time near year 9999 that UTC cannot hold
-        spec = None
-    if spec is None or spec.at.year > LATEST_AT_YEAR:
-        raise SpecError(f"--at {at!r} is too far ahead; give a time before "
+    too_far = SpecError(f"--at {at!r} is too far ahead; give a time before "
                         f"{LATEST_AT_YEAR + 1}-01-01")
+    try:
+        spec = ClockedSpec.parse(at, timezone, datetime.now(UTC))
+    except OverflowError:  # a time near year 9999 that UTC cannot hold
+        raise too_far from None
+    if spec.at.year > LATEST_AT_YEAR:
+        raise too_far
     return spec
 
 
