@@ -30,9 +30,13 @@ from beat.specs import (
     check_timezone,
     parse_json,
 )
-from config.errors import one_line
+from config.errors import database_error
 from config.settings import SettingsError, get_settings
 from config.urls import sqlalchemy_url
+
+# Beyond these, schedules stop meaning anything (and the database columns overflow).
+MAX_EVERY_SECONDS = 10 * 365 * 24 * 3600
+LATEST_AT_YEAR = 9998
 
 
 class _OneLineCommand(click.Command):
@@ -67,18 +71,13 @@ def _session() -> Iterator[Session]:
     except (SpecError, LookupError) as error:
         raise click.ClickException(_message(error)) from None
     except SQLAlchemyError as error:
-        raise click.ClickException(f"database error: {_first_line(error)}") from None
+        raise click.ClickException(f"database error: {database_error(error)}") from None
     finally:
         engine.dispose()
 
 
 def _message(error: Exception) -> str:
     return error.args[0] if error.args else str(error)
-
-
-def _first_line(error: SQLAlchemyError) -> str:
-    line = one_line(error)
-    return f"{line}; run `pgjobs migrate`" if "does not exist" in line else line
 
 
 def _schedule_spec(cron: str | None, every: int | None, at: str | None,
@@ -89,8 +88,38 @@ def _schedule_spec(cron: str | None, every: int | None, at: str | None,
     if cron is not None:
         return CronSpec.parse(cron, timezone)
     if every is not None:
-        return IntervalSpec(every)
-    return ClockedSpec.parse(at, timezone, datetime.now(UTC))
+        return IntervalSpec(_check_every(every))
+    return _clocked(at, timezone)
+
+
+def _check_every(seconds: int) -> int:
+    if not 1 <= seconds <= MAX_EVERY_SECONDS:
+        raise SpecError(f"--every {seconds} must be a whole number of seconds from 1 to "
+                        f"{MAX_EVERY_SECONDS} (10 years)")
+    return seconds
+
+
+def _clocked(at: str, timezone: str) -> ClockedSpec:
+    too_far = SpecError(f"--at {at!r} is too far ahead; give a time before "
+                        f"{LATEST_AT_YEAR + 1}-01-01")
+    try:
+        spec = ClockedSpec.parse(at, timezone, datetime.now(UTC))
+    except OverflowError:  # a time near year 9999 that UTC cannot hold
+        raise too_far from None
+    if spec.at.year > LATEST_AT_YEAR:
+        raise too_far
+    return spec
+
+
+def _check_task(task: str, force: bool) -> None:
+    """Refuse a task name the app does not know, a typo that would fail at every run."""
+    from config.celery import app
+
+    for module in (*app.conf.imports, *app.conf.include):
+        app.loader.import_task_module(module)
+    if not force and task not in app.tasks:
+        raise SpecError(f"--task {task!r} is not a task this app knows; check the name, "
+                        "or give --force to schedule a task defined elsewhere")
 
 
 @schedule.command()
@@ -105,9 +134,10 @@ def _schedule_spec(cron: str | None, every: int | None, at: str | None,
 @click.option("--timezone", default=None, help="IANA zone for --cron/--at (default TIMEZONE).")
 @click.option("--catch-up", "catch_up", type=click.Choice(CATCH_UP_CHOICES), default="once",
               show_default=True, help="After downtime: run once, or skip missed runs.")
+@click.option("--force", is_flag=True, help="Accept a --task this app does not define.")
 def add(name: str, task: str, cron: str | None, every: int | None, at: str | None,
         args_json: str, kwargs_json: str, queue: str | None, timezone: str | None,
-        catch_up: str) -> None:
+        catch_up: str, force: bool) -> None:
     """Add entry NAME."""
     with _session() as session:
         spec = EntrySpec(
@@ -115,6 +145,7 @@ def add(name: str, task: str, cron: str | None, every: int | None, at: str | Non
             schedule=_schedule_spec(cron, every, at, timezone or get_settings().timezone),
             args=parse_json("--args", args_json, list),
             kwargs=parse_json("--kwargs", kwargs_json, dict))
+        _check_task(task, force)
         store.add_entries(session, [spec], only_missing=False)
     click.echo(f"added {name}")
 

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 
 from celery import beat
 from kombu.utils.uuid import uuid
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy_celery_beat.models import PeriodicTask
@@ -25,6 +24,7 @@ from beat.entry import Entry
 from beat.leadership import Leadership, LostLeadership
 from beat.schedule import default_entries
 from beat.ticks import InTransaction, Tick, TickLedger, transactional_publisher
+from broker.urls import redact
 
 logger = logging.getLogger("beat.scheduler")
 
@@ -97,7 +97,7 @@ class Scheduler(beat.Scheduler):
 
     @property
     def info(self) -> str:
-        return "    . db -> " + make_url(self.dburi).render_as_string(hide_password=True)
+        return "    . db -> " + redact(self.dburi)
 
     @property
     def is_leader(self) -> bool:

@@ -10,7 +10,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from config.urls import normalise_database_url, redact_url
+from broker.urls import redact
+from config.urls import normalise_database_url
 
 CREATE_DATABASE = sql.SQL("CREATE DATABASE {}")
 DROP_DATABASE = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
@@ -35,7 +36,7 @@ def bench_database(server_url: str, run_id: str) -> Iterator[str]:
         _admin(server_url, CREATE_DATABASE.format(name))
     except psycopg.Error as error:
         raise click.ClickException(
-            f"cannot create the bench database on {redact_url(server_url)}: "
+            f"cannot create the bench database on {redact(server_url)}: "
             f"{str(error).strip().splitlines()[0]}; check --server-url") from None
     try:
         url = make_url(server_url).set(database=f"pgjobs_bench_{run_id}")

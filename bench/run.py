@@ -53,7 +53,7 @@ if not __package__:  # run as a script: make `bench` and `config` importable
 
 from bench.app import BROKERS, NOOP, PROBE, build_app  # noqa: E402
 from bench.database import bench_database, delete_redis_keys, redis_reachable  # noqa: E402
-from config.urls import redact_url  # noqa: E402
+from broker.urls import redact  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CELERY = Path(sys.executable).with_name("celery")
@@ -386,7 +386,7 @@ def _brokers(ctx: click.Context, param: click.Parameter, value: str) -> list[str
 def main(brokers: list[str], server_url: str, redis_url: str, **sizes: float) -> None:
     """Measure enqueue rate, drain throughput and latency per broker; print a table."""
     if "redis" in brokers and not redis_reachable(redis_url):
-        raise click.ClickException(f"cannot reach Redis at {redact_url(redis_url)}; start it "
+        raise click.ClickException(f"cannot reach Redis at {redact(redis_url)}; start it "
                                    "or set --redis-url, or leave redis out of --brokers")
     run_id = uuid.uuid4().hex[:10]
     logdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgjobs-bench-{run_id}"

@@ -1,25 +1,43 @@
-"""Broker URLs as they may be shown: with any password masked."""
+"""Passwords out of connection strings: the one redactor for everything pgjobs prints.
+
+libpq takes a password in three places, and :func:`redact` masks all three:
+
+- the user part of a URL: ``postgresql://user:secret@host/db`` (percent-encoded or not);
+- a URL parameter: ``...?password=secret`` or ``...&sslpassword=secret``;
+- a key=value connection string: ``host=h password=secret`` or ``password='a secret'``.
+
+It never parses strictly, so a malformed URL (the very one an error message is about) is
+masked too. Where the end of the user part is ambiguous (a raw ``@``, ``/`` or ``?`` in a
+password), it masks too much rather than too little.
+"""
 
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
 
-# libpq also takes the password as a URI parameter: ...?password=secret
-_QUERY_PASSWORD = re.compile(r"(?:^|(?<=&))password=[^&]*")
+# ?password=... and &sslpassword=... in a URL; the value ends at the next parameter.
+_QUERY_PASSWORD = re.compile(r"(?<=[?&])((?:ssl)?password)=[^&#]*", re.IGNORECASE)
+# password=... in a key=value string; the value is one word or a quoted string.
+_KEYWORD_PASSWORD = re.compile(
+    r"(?<![^\s])((?:ssl)?password)\s*=\s*(?:'(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE)
 
 
 def redact(url: str, mask: str = "**") -> str:
-    """``url`` with its password masked, in the user part and in the parameters."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable broker URL>"
-    query = _QUERY_PASSWORD.sub(lambda _: f"password={mask}", parts.query)
-    if parts.password is None and query == parts.query:
+    """``url`` (a libpq URL or key=value string) with every password replaced by ``mask``."""
+    masked = _QUERY_PASSWORD.sub(lambda found: f"{found[1]}={mask}", url)
+    masked = _KEYWORD_PASSWORD.sub(lambda found: f"{found[1]}={mask}", masked)
+    return _mask_user_part(masked, mask)
+
+
+def _mask_user_part(url: str, mask: str) -> str:
+    """Mask what lies between the user name's ``:`` and the last ``@``: hosts, ports and
+    database names never hold an ``@``, so the password cannot reach past it."""
+    start = url.find("://")
+    start = 0 if start < 0 else start + 3
+    at = url.rfind("@", start)
+    if at < 0:
         return url
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}:{mask}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    user, colon, password = url[start:at].partition(":")
+    if not colon or not password:
+        return url
+    return f"{url[:start]}{user}:{mask}{url[at:]}"

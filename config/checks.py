@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import psycopg
 
-from config.errors import one_line
+from broker.urls import redact
+from config.errors import advice, one_line
 from config.settings import SettingsError
-from config.urls import redact_url
-
-CONNECT_TIMEOUT_SECONDS = 5
+from config.urls import with_connect_timeout
 
 
 def check_database(url: str) -> None:
-    """Raise SettingsError naming DATABASE_URL when PostgreSQL cannot be reached at ``url``."""
+    """Raise SettingsError naming DATABASE_URL, and what can fix it, when PostgreSQL cannot
+    be reached at ``url``."""
     try:
-        with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+        with psycopg.connect(with_connect_timeout(url)) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
         raise SettingsError(
-            f"DATABASE_URL: cannot connect to {redact_url(url)} ({one_line(error)}); "
-            "check that PostgreSQL is running and the URL is right"
+            f"DATABASE_URL: cannot connect to {redact(url)} ({one_line(error)}); "
+            f"{advice(error) or 'check DATABASE_URL'}"
         ) from None

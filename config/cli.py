@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from beat.cli import schedule
+from broker.urls import redact
+from config.errors import database_error
 from config.settings import Settings, SettingsError, get_settings
 
 
@@ -32,10 +35,12 @@ def _prepare(database_url: str) -> None:
 
     try:
         check_database(database_url)
+        upgrade(database_url)
+        sync_default_entries(database_url)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
-    upgrade(database_url)
-    sync_default_entries(database_url)
+    except SQLAlchemyError as error:
+        raise click.ClickException(f"database error: {database_error(error)}") from None
 
 
 @click.group()
@@ -55,15 +60,15 @@ def migrate() -> None:
 @click.option("--no-beat", is_flag=True, help="Run the worker only.")
 def dev(concurrency: int, no_beat: bool) -> None:
     """Run a worker and beat locally; with no DATABASE_URL, on an embedded PostgreSQL."""
-    from config.dev import celery_commands, database_for, run_processes
+    from config.dev import celery_commands, database_for, run_processes, sigterm_as_interrupt
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    with database_for(settings) as database_url:
+    with sigterm_as_interrupt(), database_for(settings) as database_url:
         if not settings.database_url:
             click.echo(f"pgjobs: embedded PostgreSQL in {settings.data_dir}, "
-                       f"DATABASE_URL={database_url}")
+                       f"DATABASE_URL={redact(database_url)}")
         _prepare(database_url)
         commands = celery_commands(concurrency, settings.log_level, beat=not no_beat)
         code = run_processes(commands, database_url)

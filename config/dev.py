@@ -21,8 +21,27 @@ from config.settings import Settings
 
 log = logging.getLogger("pgjobs.dev")
 
-# How long worker and beat get to finish their current work after Ctrl-C.
+# How long worker and beat get to finish their current work after Ctrl-C or SIGTERM.
 SHUTDOWN_GRACE_SECONDS = 20.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled as Ctrl-C, except that it reached this process alone, not its
+    children, so they must be told."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread, so that
+    ``pgjobs dev`` stops its children and its embedded server as on Ctrl-C."""
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -62,15 +81,19 @@ def celery_commands(concurrency: int, loglevel: str, beat: bool) -> list[list[st
 
 
 def run_processes(commands: list[list[str]], database_url: str) -> int:
-    """Run ``commands`` until one exits or Ctrl-C; then stop the rest. Returns the exit code."""
+    """Run ``commands`` until one exits, Ctrl-C or SIGTERM (see :func:`sigterm_as_interrupt`);
+    then stop the rest. Returns the exit code."""
     env = {**os.environ, "DATABASE_URL": database_url}
-    processes = [subprocess.Popen(command, env=env) for command in commands]
+    processes: list[subprocess.Popen] = []
     try:
+        for command in commands:
+            processes.append(subprocess.Popen(command, env=env))
         code = _wait_for_first_exit(processes)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # Ctrl-C reached the whole process group: the children are already shutting down.
+        # SIGTERM reached this process alone.
         log.info("pgjobs: waiting for worker and beat to finish")
-        _stop(processes, signalled=True)
+        _stop(processes, signalled=not isinstance(interrupt, Terminated))
         return 0
     _stop(processes, signalled=False)
     return code
@@ -97,5 +120,6 @@ def _stop(processes: list[subprocess.Popen], signalled: bool) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        except KeyboardInterrupt:  # a second Ctrl-C: the children go cold, so do we
+        except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the children go cold, so do we
             process.kill()
+            process.wait()

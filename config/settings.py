@@ -14,10 +14,12 @@ from typing import Annotated
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, available_timezones
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from config.urls import normalise_database_url, redact_url
+from broker.urls import redact
+from config.limits import LIMITS, check_mail_from
+from config.urls import normalise_database_url
 
 
 class SettingsError(Exception):
@@ -29,7 +31,12 @@ class RetentionRule(BaseModel):
 
     table: str = Field(min_length=1, max_length=63)
     column: str = Field(min_length=1, max_length=63)
-    max_age_days: float = Field(gt=0)
+    max_age_days: float
+
+    @field_validator("max_age_days", mode="before")
+    @classmethod
+    def _check_max_age(cls, value: object) -> float:
+        return LIMITS["max_age_days"].check(value)
 
 
 class SmtpTarget(BaseModel):
@@ -57,7 +64,7 @@ class Settings(BaseSettings):
     by default) or ``smtp://...?starttls=true``. Unset: mails go to ``OUTBOX_DIR`` and the log."""
 
     mail_from: str = "pgjobs <no-reply@localhost>"
-    """MAIL_FROM: the From header of every email."""
+    """MAIL_FROM: the From header of every email: one address, with or without a name."""
 
     timezone: str = "UTC"
     """TIMEZONE: IANA name (``Europe/Paris``) in which default schedules are read."""
@@ -65,19 +72,22 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
 
-    result_retention_days: float = Field(default=7, gt=0)
+    result_retention_days: float = 7
     """RESULT_RETENTION_DAYS: days task results are kept before the nightly clean-up deletes
-    them (default 7)."""
+    them (default 7; 0.01 to 36500)."""
 
-    sent_email_retention_days: float = Field(default=30, gt=0)
-    """SENT_EMAIL_RETENTION_DAYS: days the sent-email log is kept (default 30)."""
+    sent_email_retention_days: float = 30
+    """SENT_EMAIL_RETENTION_DAYS: days the sent-email log is kept (default 30; 0.01 to
+    36500)."""
 
     retention_tables: Annotated[list[RetentionRule], NoDecode] = Field(default_factory=list)
     """RETENTION_TABLES: JSON list of extra rules for the nightly clean-up, e.g.
-    ``[{"table": "sessions", "column": "created_at", "max_age_days": 90}]`` (default none)."""
+    ``[{"table": "sessions", "column": "created_at", "max_age_days": 90}]`` (default none;
+    ``max_age_days`` from 0.01 to 36500)."""
 
-    retention_batch_size: int = Field(default=5000, gt=0)
-    """RETENTION_BATCH_SIZE: rows deleted per short transaction by the clean-up (default 5000)."""
+    retention_batch_size: int = 5000
+    """RETENTION_BATCH_SIZE: rows deleted per short transaction by the clean-up (default 5000;
+    1 to 100000)."""
 
     outbox_dir: Path = Path(".pgjobs/outbox")
     """OUTBOX_DIR: where emails are written when SMTP_URL is unset (default ``.pgjobs/outbox``)."""
@@ -86,9 +96,20 @@ class Settings(BaseSettings):
     """DATA_DIR: the embedded PostgreSQL's data folder for ``pgjobs dev`` (default
     ``.pgjobs/pgdata``)."""
 
-    visibility_timeout: float = Field(default=60, gt=0)
+    visibility_timeout: float = 60
     """VISIBILITY_TIMEOUT: seconds after a worker's last heartbeat before the messages it held
-    go back to their queue (default 60)."""
+    go back to their queue (default 60; 1 to 86400, one day)."""
+
+    @field_validator("result_retention_days", "sent_email_retention_days",
+                     "retention_batch_size", "visibility_timeout", mode="before")
+    @classmethod
+    def _check_limits(cls, value: object, info: ValidationInfo) -> float:
+        return LIMITS[info.field_name].check(value)
+
+    @field_validator("mail_from")
+    @classmethod
+    def _check_mail_from(cls, value: str) -> str:
+        return check_mail_from(value)
 
     @field_validator("database_url")
     @classmethod
@@ -164,7 +185,7 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise ValueError(f"is malformed: {redact_url(url)}") from None
+        raise ValueError(f"is malformed: {redact(url)}") from None
     if parts.scheme not in ("smtp", "smtps"):
         raise ValueError("must start with smtp:// or smtps://")
     if not parts.hostname:
@@ -185,9 +206,19 @@ def parse_smtp_url(url: str) -> SmtpTarget:
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    name = _location(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     return f"{name} {message}" if first["type"] == "value_error" else f"{name}: {message}"
+
+
+def _location(loc: tuple) -> str:
+    """``VISIBILITY_TIMEOUT``, or ``RETENTION_TABLES[0].max_age_days`` for a nested field."""
+    if not loc:
+        return "settings"
+    name = str(loc[0]).upper()
+    for part in loc[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -15,7 +15,6 @@ from sqlalchemy import Engine, create_engine
 from config.settings import get_settings
 from config.urls import sqlalchemy_url
 
-_CONNECT_TIMEOUT_SECONDS = 10
 _lock = threading.Lock()
 _engine: Engine | None = None
 _engine_url: str | None = None
@@ -39,8 +38,7 @@ def _create(url: str) -> Engine:
         url,
         pool_size=2,
         max_overflow=2,
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": _CONNECT_TIMEOUT_SECONDS},
+        pool_pre_ping=True,  # sqlalchemy_url sets the connect timeout
     )
 
 

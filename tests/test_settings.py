@@ -19,6 +19,10 @@ def test_given_no_database_url_when_required_then_error_names_variable():
     [
         ("database_url", "mysql://u:p@h/db", "DATABASE_URL must be a postgresql:// URL"),
         ("database_url", "postgresql://u:hunter2@h:port/db", "DATABASE_URL is malformed"),
+        ("database_url", "postgresql://u:hunter2@h:99999/db",
+         "DATABASE_URL names port 99999; a port is from 1 to 65535"),
+        ("database_url", "postgresql://u:hunter2 x@h/db", "DATABASE_URL is malformed"),
+        ("database_url", "postgresql://u@h/db?password=hunter2 x", "DATABASE_URL is malformed"),
         ("smtp_url", "http://mail:25", "SMTP_URL must start with smtp://"),
         ("smtp_url", "smtp://u:hunter2@:25", "SMTP_URL names no host"),
         ("timezone", "Mars/Olympus", "TIMEZONE unknown time zone 'Mars/Olympus'"),
@@ -35,6 +39,69 @@ def test_given_bad_value_then_one_line_names_it_without_password(field, value, m
     assert "hunter2" not in text
 
 
+VISIBILITY_RANGE = "must be a number of seconds from 1 to 86400 (1 day)"
+DAYS_RANGE = "must be a number of days from 0.01 to 36500"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        *(("visibility_timeout", value, f"VISIBILITY_TIMEOUT {VISIBILITY_RANGE}, got {value!r}")
+          for value in ("inf", "nan", "1e13", "0.001", "-5", "soon", "")),
+        ("result_retention_days", "1e13", f"RESULT_RETENTION_DAYS {DAYS_RANGE}"),
+        ("result_retention_days", "0", f"RESULT_RETENTION_DAYS {DAYS_RANGE}"),
+        ("sent_email_retention_days", "inf", f"SENT_EMAIL_RETENTION_DAYS {DAYS_RANGE}"),
+        ("retention_batch_size", "1e9", "RETENTION_BATCH_SIZE must be a whole number of rows "
+         "from 1 to 100000, got '1e9'"),
+        ("retention_batch_size", "2.5", "RETENTION_BATCH_SIZE must be a whole number of rows"),
+        ("retention_tables", '[{"table": "s", "column": "c", "max_age_days": "nan"}]',
+         f"RETENTION_TABLES[0].max_age_days {DAYS_RANGE}, got 'nan'"),
+        ("mail_from", "Shop <shop@example.com>\r\nBcc: all@example.com",
+         "MAIL_FROM must be one line without control characters"),
+        ("mail_from", "not an address", "MAIL_FROM must be one email address"),
+        ("mail_from", "a@example.com, b@example.com", "MAIL_FROM must be one email address"),
+        ("mail_from", "Shop <shop@-example.com>", "MAIL_FROM has an invalid address"),
+    ],
+)
+def test_given_a_value_out_of_range_then_one_line_names_it_and_the_range(field, value, message):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**{field: value})
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kept"),
+    [
+        ("visibility_timeout", "1", 1.0),
+        ("visibility_timeout", "86400", 86400.0),
+        ("retention_batch_size", "100000", 100000),
+        ("result_retention_days", "0.5", 0.5),
+        ("mail_from", "pgjobs <no-reply@localhost>", "pgjobs <no-reply@localhost>"),
+        ("mail_from", '"Shop, Inc." <shop@shop.example>', '"Shop, Inc." <shop@shop.example>'),
+        ("mail_from", "no-reply@shop.example", "no-reply@shop.example"),
+    ],
+)
+def test_values_in_range_are_kept(field, value, kept):
+    assert getattr(load_settings(**{field: value}), field) == kept
+
+
+@pytest.mark.parametrize(("variable", "value", "line"), [
+    ("VISIBILITY_TIMEOUT", "inf", f"pgjobs: VISIBILITY_TIMEOUT {VISIBILITY_RANGE}, got 'inf'"),
+    ("MAIL_FROM", "Shop <shop@example.com>\nBcc: all@example.com",
+     "pgjobs: MAIL_FROM must be one line without control characters, "
+     "e.g. 'Shop <no-reply@shop.example>'"),
+])
+def test_a_worker_with_a_bad_setting_exits_with_one_line(variable, value, line, tmp_path):
+    env = {"DATABASE_URL": "postgresql://u@127.0.0.1:1/db", variable: value, "PATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "config", "worker"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [line]
+
+
 def test_smtp_url_forms():
     plain = parse_smtp_url("smtp://user:p%40ss@mail.example:2525?starttls=true")
     assert (plain.host, plain.port, plain.username, plain.password) == (
@@ -49,6 +116,13 @@ def test_postgres_scheme_is_normalised():
     assert settings.database_url == "postgresql://u:p@h:5432/db"
 
 
+def test_a_percent_encoded_password_is_kept_as_given():
+    url = "postgresql://u:p%20%40%3A%2F%25%3F%23%26q@h:5432/db"
+    assert load_settings(database_url=url).database_url == url
+    assert load_settings(database_url=url.replace("postgresql", "postgres", 1)).database_url \
+        == url
+
+
 def test_worker_with_malformed_database_url_exits_with_one_line():
     env = {"DATABASE_URL": "postgresql://u:hunter2@h:notaport/db", "PATH": ""}
     result = subprocess.run(
@@ -57,7 +131,9 @@ def test_worker_with_malformed_database_url_exits_with_one_line():
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        "pgjobs: DATABASE_URL is malformed: postgresql://u:***@h:notaport/db"]
+        "pgjobs: DATABASE_URL is malformed: postgresql://u:**@h:notaport/db; expected "
+        "postgresql://user:pass@host:port/db, with special characters in user and password "
+        "percent-encoded (a space is %20)"]
 
 
 @pytest.mark.parametrize("role", ["worker", "beat"])
@@ -70,7 +146,7 @@ def test_unreachable_database_stops_start_up_with_one_line(role, tmp_path):
     assert result.returncode != 0
     assert "hunter2" not in result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
-        "pgjobs: DATABASE_URL: cannot connect to postgresql://u:***@127.0.0.1:1/db")
+        "pgjobs: DATABASE_URL: cannot connect to postgresql://u:**@127.0.0.1:1/db")
     assert "Traceback" not in result.stderr
 
 
@@ -89,14 +165,16 @@ def test_migrate_against_unreachable_database_prints_one_line(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "Error: DATABASE_URL: cannot connect to postgresql://u:***@127.0.0.1:1/db (connection "
+        "Error: DATABASE_URL: cannot connect to postgresql://u:**@127.0.0.1:1/db (connection "
         'failed: connection to server at "127.0.0.1", port 1 failed: Connection refused); '
-        "check that PostgreSQL is running and the URL is right"]
+        "check that PostgreSQL is running and the host and port in DATABASE_URL are right"]
 
 
-def test_sqlalchemy_url_adds_the_driver_once():
+def test_sqlalchemy_url_adds_the_driver_and_the_connect_timeout_once():
     from config.urls import sqlalchemy_url
 
     once = sqlalchemy_url("postgresql://u:p@h/db")
-    assert once == "postgresql+psycopg://u:p@h/db"
+    assert once == "postgresql+psycopg://u:p@h/db?connect_timeout=5"
     assert sqlalchemy_url(once) == once
+    assert sqlalchemy_url("postgresql://h/db?sslmode=require&connect_timeout=9") == \
+        "postgresql+psycopg://h/db?sslmode=require&connect_timeout=9"

@@ -54,3 +54,15 @@ def beat_processes(app_db: str, tmp_path: Path) -> Iterator[Callable[[], subproc
             process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
 
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _declare_test_task() -> None:
+    """``beat_test.record``: the task the beat tests schedule. Declared on the app, so that
+    ``pgjobs schedule add`` knows it; the tests read its messages from the queue, no worker
+    runs it."""
+    from config.celery import app
+
+    @app.task(name="beat_test.record")
+    def record(*args: object, **kwargs: object) -> None:
+        """Never run: the tests drain its messages themselves."""

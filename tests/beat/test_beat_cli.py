@@ -12,6 +12,7 @@ from beat.cli import schedule
 from beat.schedule import sync_default_entries
 
 QUEUE = "beat-cli"
+TASK = "beat_test.record"
 
 
 def invoke(*args: str):
@@ -26,27 +27,34 @@ def add_tick(name: str = "tick", *extra: str):
 
 
 @pytest.mark.parametrize(("args", "complaint"), [
-    (["add", "x", "--task", "t", "--cron", "61 4 * * *"], "cron expression '61 4 * * *'"),
-    (["add", "x", "--task", "t", "--cron", "0 4 * *"], "must have 5 fields"),
-    (["add", "x", "--task", "t", "--cron", "0 4 * * *", "--timezone", "Mars/Olympus"],
+    (["add", "x", "--task", TASK, "--cron", "61 4 * * *"], "cron expression '61 4 * * *'"),
+    (["add", "x", "--task", TASK, "--cron", "0 4 * *"], "must have 5 fields"),
+    (["add", "x", "--task", TASK, "--cron", "0 4 * * *", "--timezone", "Mars/Olympus"],
      "unknown time zone 'Mars/Olympus'"),
-    (["add", "x", "--task", "t", "--every", "5", "--timezone", "Mars/Olympus"],
+    (["add", "x", "--task", TASK, "--every", "5", "--timezone", "Mars/Olympus"],
      "unknown time zone 'Mars/Olympus'"),
-    (["add", "x", "--task", "t", "--cron", "0 4 * * *", "--timezone", "posix/Europe/Paris"],
+    (["add", "x", "--task", TASK, "--cron", "0 4 * * *", "--timezone", "posix/Europe/Paris"],
      "unknown time zone 'posix/Europe/Paris'"),
-    (["add", "x", "--task", "t", "--every", "5", "--args", "[1,"], "--args is not valid JSON"),
-    (["add", "x", "--task", "t", "--every", "5", "--kwargs", "{\"a\": }"],
+    (["add", "x", "--task", TASK, "--every", "5", "--args", "[1,"], "--args is not valid JSON"),
+    (["add", "x", "--task", TASK, "--every", "5", "--kwargs", "{\"a\": }"],
      "--kwargs is not valid JSON"),
-    (["add", "x", "--task", "t", "--every", "5", "--kwargs", "[1]"], "must be a JSON object"),
-    (["add", "x", "--task", "t", "--every", "0"], "--every 0 must be"),
-    (["add", "x", "--task", "t", "--at", "tomorrow"], "not an ISO-8601 time"),
-    (["add", "x", "--task", "t", "--at", "2001-01-01T00:00:00Z"], "is in the past"),
-    (["add", "x", "--task", "t"], "give exactly one of --cron, --every or --at"),
-    (["add", "x", "--task", "t", "--every", "5", "--cron", "* * * * *"], "exactly one"),
-    (["add", "tick", "--task", "t", "--every", "5"], "an entry named 'tick' exists already"),
+    (["add", "x", "--task", TASK, "--every", "5", "--kwargs", "[1]"], "must be a JSON object"),
+    (["add", "x", "--task", TASK, "--every", "0"], "--every 0 must be"),
+    (["add", "x", "--task", TASK, "--every", "99999999999"],
+     "--every 99999999999 must be a whole number of seconds from 1 to 315360000"),
+    (["add", "x", "--task", TASK, "--at", "9999-12-31T23:59:59-05:00"],
+     "--at '9999-12-31T23:59:59-05:00' is too far ahead; give a time before 9999-01-01"),
+    (["add", "x", "--task", TASK, "--at", "9999-06-01T00:00:00Z"], "is too far ahead"),
+    (["add", "x", "--task", "tasks.nope", "--every", "5"],
+     "--task 'tasks.nope' is not a task this app knows"),
+    (["add", "x", "--task", TASK, "--at", "tomorrow"], "not an ISO-8601 time"),
+    (["add", "x", "--task", TASK, "--at", "2001-01-01T00:00:00Z"], "is in the past"),
+    (["add", "x", "--task", TASK], "give exactly one of --cron, --every or --at"),
+    (["add", "x", "--task", TASK, "--every", "5", "--cron", "* * * * *"], "exactly one"),
+    (["add", "tick", "--task", TASK, "--every", "5"], "an entry named 'tick' exists already"),
     (["add", "x", "--every", "5"], "Missing option '--task'"),
-    (["add", "x", "--task", "t", "--every", "abc"], "'abc' is not a valid integer"),
-    (["add", "x", "--task", "t", "--every", "5", "--catch-up", "never"], "'never' is not one of"),
+    (["add", "x", "--task", TASK, "--every", "abc"], "'abc' is not a valid integer"),
+    (["add", "x", "--task", TASK, "--every", "5", "--catch-up", "never"], "'never' is not one of"),
     (["pause"], "Missing argument"),
     (["pause", "nope"], "no schedule entry named 'nope'"),
     (["pause", "tick", "nope"], "no schedule entry named 'nope'"),
@@ -124,7 +132,7 @@ def test_sync_default_entries_inserts_only_what_is_missing(app_db: str) -> None:
 
 
 def test_add_stores_every_field(app_db: str) -> None:
-    result = invoke("add", "paris", "--task", "reports.daily", "--cron", "30 2 * * 1-5",
+    result = invoke("add", "paris", "--task", "reports.daily", "--force", "--cron", "30 2 * * 1-5",
                     "--timezone", "Europe/Paris", "--args", "[1]", "--kwargs", '{"a": "b"}',
                     "--queue", "reports", "--catch-up", "skip")
     assert result.exit_code == 0, result.output
@@ -135,6 +143,19 @@ def test_add_stores_every_field(app_db: str) -> None:
         ("reports.daily", "[1]", '{"a": "b"}', "reports", True, "skip", "30", "2", "1-5",
          "Europe/Paris")]
     assert "30 2 * * 1-5 Europe/Paris (catch-up skip)" in invoke("list").output
+
+
+def test_a_task_the_app_defines_is_accepted_and_force_accepts_any_other(app_db: str) -> None:
+    # Given the app's own task, and one it does not define (a typo, or a task of another app)
+    # When both are added, the unknown one with --force
+    known = invoke("add", "cleanup", "--task", "tasks.delete_old_data", "--every", "60")
+    forced = invoke("add", "elsewhere", "--task", "tasks.nope", "--every", "60", "--force")
+
+    # Then both are stored
+    assert (known.exit_code, forced.exit_code) == (0, 0), known.output + forced.output
+    assert rows(app_db, "SELECT name, task FROM celery_periodictask WHERE name <> "
+                "'delete_old_data' ORDER BY name") == [
+        ("cleanup", "tasks.delete_old_data"), ("elsewhere", "tasks.nope")]
 
 
 def test_pause_resume_remove(app_db: str) -> None:
@@ -166,7 +187,7 @@ def test_run_sends_once_now_through_the_broker(app_db: str) -> None:
 def test_list_shows_a_one_off_resumed_after_its_time_as_not_running(app_db: str) -> None:
     # Given a one-off entry resumed only after its time had passed (resume counts from now)
     at = datetime.now(UTC) + timedelta(minutes=1)
-    assert invoke("add", "later", "--task", "t", "--at", at.isoformat()).exit_code == 0
+    assert invoke("add", "later", "--task", TASK, "--at", at.isoformat()).exit_code == 0
     rows(app_db, "UPDATE celery_periodictask SET last_run_at = %(t)s WHERE name = 'later'",
          {"t": at + timedelta(seconds=1)})
 
