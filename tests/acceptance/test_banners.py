@@ -23,7 +23,8 @@ def test_the_banner_masks_a_password_given_as_a_url_parameter(
         app_db: str, role: str, tmp_path: Path) -> None:
     # Given a DATABASE_URL with the password as a libpq parameter (the test server trusts
     # local connections, so any password connects)
-    env = {**os.environ, "DATABASE_URL": f"{app_db}?password=hunter2"}
+    joiner = "&" if "?" in app_db else "?"
+    env = {**os.environ, "DATABASE_URL": f"{app_db}{joiner}password=hunter2"}
     log = tmp_path / f"{role}.log"
 
     # When the process starts and prints its banner
