@@ -152,9 +152,21 @@ class Channel(virtual.Channel):
         if adopter is not None:
             adopter.settle(lambda store: operation(store, tags, adopter.id))
         elif self.connection is not None:
-            operation(self.store, tags, self._consumer_id())
+            self._settle_now(operation, tags)
         elif self._closed_consumer is not None:
             self._after_close(operation, tags, self._closed_consumer)
+
+    def _settle_now(self, operation: Callable[[Store, list[int], uuid.UUID], None],
+                    tags: list[int]) -> None:
+        """On this connection, or, while it is lost, as soon as it is back."""
+        consumer = self.connection.consumer
+        assert consumer is not None, "a message was delivered without a consumer"
+        outage = self.connection.outage
+        if outage.ready():
+            with outage.survive():
+                operation(self.store, tags, consumer.id)
+                return
+        consumer.settle(lambda store: operation(store, tags, consumer.id), now=False)
 
     def _consumer_id(self) -> uuid.UUID:
         consumer = self.connection.consumer
@@ -206,12 +218,18 @@ class Channel(virtual.Channel):
         limit = self.qos.can_consume_max_estimate() or self.connection.claim_batch_size
         if batch and self._window_half_full(limit):
             return 0
+        if not self.connection.outage.ready():
+            return 0
         acks, self._acks = self._acks, []
+        rows = None
         try:
-            rows = self.connection.claim(queues, limit, acks=acks)
-        except BaseException:
-            self._acks[:0] = acks  # not recorded: keep them for the next try, or the close
-            raise
+            with self.connection.outage.survive():
+                rows = self.connection.claim(queues, limit, acks=acks)
+        finally:
+            if rows is None:
+                self._acks[:0] = acks  # not recorded: keep them for the next try, or the close
+        if rows is None:
+            return 0
         self.pending = len(rows) >= limit
         return self._hand_over(rows)
 

@@ -32,13 +32,14 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from broker.heartbeat import Heartbeat
-from broker.store import Store, first_line
+from broker.store import Store
 
 if TYPE_CHECKING:
     from broker.channel import Channel
@@ -80,13 +81,12 @@ class Consumer:
         settle what waited for a connection, and take stock of the orphaned deliveries."""
         started = monotonic()
         lapsed = store.beat(self.id, self.hostname, self.heartbeat.visibility_timeout)
-        lapsed = lapsed or self.heartbeat.lapsed
+        self._reconcile(store, lapsed or self.heartbeat.lapsed)
         self.heartbeat.lapsed = False
         self.heartbeat.renewed(started)
         self.store = store
         self.heartbeat.start()
-        self._reconcile(store, lapsed)
-        self._flush()
+        self.flush()
 
     def park(self, channels: list[Channel]) -> None:
         """The connection broke: keep the leases (the heartbeat goes on) and wait for the next
@@ -97,8 +97,9 @@ class Consumer:
             _PARKED.setdefault((os.getpid(), self.database), []).append(self)
 
     def retire(self) -> None:
-        """Leave cleanly: stop the heartbeat, give back everything still held, end every
-        subscription, delete the row."""
+        """Leave cleanly: send the outcomes still waiting, stop the heartbeat, give back
+        everything still held, end every subscription, delete the row."""
+        self.flush()
         self.heartbeat.stop()
         store, self.store = self.store, None
         if store is not None:
@@ -106,27 +107,30 @@ class Consumer:
 
     # -- settling the deliveries of lost connections ----------------------------------------
 
-    def settle(self, settlement: Settlement) -> None:
-        """Ack, reject or release a message delivered on a lost connection: now if a connection
-        is up, else as soon as one is."""
+    def settle(self, settlement: Settlement, now: bool = True) -> None:
+        """Ack, reject or release a message whose connection was lost: ``now`` if a
+        connection is up, else at the next :meth:`flush`."""
         with self._lock:
             self._waiting.append(settlement)
-        if self.store is not None:
-            self._flush()
+        if now and self.store is not None:
+            with suppress(psycopg.Error):  # kept for the next flush
+                self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Record the outcomes still waiting, in order. On a failure the rest wait for the
+        next flush, and the error is raised."""
         store = self.store
+        if store is None or not self._waiting:
+            return
         with self._lock:
             waiting, self._waiting = self._waiting, []
         for index, settlement in enumerate(waiting):
             try:
                 settlement(store)
-            except psycopg.Error as exc:
-                logger.warning("pgjobs broker: %d outcome(s) of earlier deliveries not recorded "
-                               "yet (%s); retrying", len(waiting) - index, first_line(exc))
+            except BaseException:
                 with self._lock:
                     self._waiting[:0] = waiting[index:]
-                return
+                raise
         self.orphans = [channel for channel in self.orphans if channel.holds_messages()]
 
     def _reconcile(self, store: Store, lapsed: bool) -> None:

@@ -89,6 +89,7 @@ from broker.consumer import Consumer, LeaseExpired, adopt_or_create
 from broker.listener import Listener
 from broker.loop import LoopBinding
 from broker.messages import Claimed, wake_channel
+from broker.outage import Outage
 from broker.store import SchemaMissing, Store, fault_budget, first_line
 from broker.urls import redact
 
@@ -136,6 +137,7 @@ class Transport(virtual.Transport):
         self.listener = Listener(budgeted, liveness=3 * self.options.fault_timeout)
         self.consumer: Consumer | None = None
         self.loop = LoopBinding(self)
+        self.outage = Outage()
         self._pid = os.getpid()
         self._next_promotion = 0.0
         self._lease_warned = False
@@ -237,7 +239,11 @@ class Transport(virtual.Transport):
         behind, or a new one."""
         if self.consumer is None:
             consumer = adopt_or_create(self.conninfo, self._new_consumer)
-            consumer.attach(self.store)
+            try:
+                consumer.attach(self.store)
+            except BaseException:
+                consumer.park([])  # its leases wait for the next connection, not for nobody
+                raise
             self.consumer = consumer
             self._lease_warned = False
             self.listener.ensure()
@@ -301,15 +307,23 @@ class Transport(virtual.Transport):
         if self.consumer is None or monotonic() < self._next_promotion:
             return
         self._next_promotion = monotonic() + self.polling_interval
-        self.store.promote()
+        if self.outage.ready():
+            with self.outage.survive():
+                self.store.promote()
 
     def deliver_all(self, force: bool = False) -> int:
+        """Claim and deliver for every channel with work; then record what waits to be."""
         delivered = 0
         batch = self.loop.bound
         for channel in list(self.channels):
             if force or channel.pending:
                 delivered += channel.deliver_ready(batch=batch)
-            channel.flush_acks()
+            if self.outage.ready():
+                with self.outage.survive():
+                    channel.flush_acks()
+        if self.consumer is not None and self.outage.ready():
+            with self.outage.survive():
+                self.consumer.flush()
         return delivered
 
     def mark(self, notified: Iterable[str]) -> None:

@@ -64,4 +64,4 @@ def test_a_worker_whose_connections_die_says_so_within_its_fault_budget_and_reco
 
 
 def _reported(log: str) -> bool:
-    return "heartbeat failed" in log and "Connection to broker lost" in log
+    return "heartbeat failed" in log and "lost the database connection" in log
