@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-BIN = Path(sys.executable).parent
+from beat_helpers import beat_command
 
 
 @pytest.fixture
@@ -41,9 +39,8 @@ def beat_processes(app_db: str, tmp_path: Path) -> Iterator[Callable[[], subproc
     def start() -> subprocess.Popen:
         log = open(tmp_path / f"beat-{len(started)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "config", "beat", "--pidfile=", "-l", "info",
-             "-s", str(tmp_path / "unused-schedule")],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+            beat_command(tmp_path / "unused-schedule"), env=env, stdout=log,
+            stderr=subprocess.STDOUT, cwd=tmp_path)
         log.close()
         started.append(process)
         return process
