@@ -239,9 +239,16 @@ class Leadership:
         self._close()
 
     def _close(self) -> None:
+        """Drop the lock connection without a round trip to the server.
+
+        SIGTERM's handler calls this from inside whatever query the connection is running;
+        a clean close would first wait for that query's driver lock, which never comes
+        free. The server frees the lock and rolls back any open transaction as the socket
+        closes."""
         connection, self._connection = self._connection, None
-        if connection is not None:
+        if connection is not None and not connection.closed:
             try:
+                connection.invalidate()
                 connection.close()
             except SQLAlchemyError:
                 pass  # the connection is already gone, which is all we want

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +22,7 @@ from beat_helpers import (
 )
 from click.testing import CliRunner
 from psycopg import sql
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -212,3 +216,28 @@ def test_a_leader_whose_lease_lapsed_claims_nothing_though_its_session_lives(
     # Then the claim failed: nothing sent, nothing claimed
     assert sent == []
     assert len(ticks(app_db, "minutely")) == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_leader_told_to_stop_in_the_middle_of_a_query_lets_go_of_the_lock(
+        db_url: str, leaderships: list[Leadership]) -> None:
+    # Given a leader running a query on its lock connection
+    a = Leadership(sqlalchemy_url(db_url), "beat-a")
+    leaderships.append(a)
+    assert a.confirm()
+
+    def stop(signum: int, frame: object) -> None:  # what `celery beat` does on SIGTERM
+        a.release()
+        raise SystemExit
+
+    # When a signal arrives during that query, and its handler releases the leadership
+    previous = signal.signal(signal.SIGUSR1, stop)
+    try:
+        with pytest.raises(SystemExit):
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+            a.connection.execute(text("SELECT pg_sleep(10)"))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+    # Then the handler returned (it did not wait for the query) and the lock is free
+    wait_until(lambda: leader_application(db_url) is None, 10, "the lock to be freed")
