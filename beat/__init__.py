@@ -54,6 +54,8 @@ the schedule's sessions): a session advisory lock, and an unexpired lease row in
 - Every change of role is logged in one line naming the process
   (``pgjobs-beat:<host>:<pid>``, also the lock connection's ``application_name``), as is
   every session a standby ends.
+- A beat started on a database without its tables exits at once, saying to run
+  ``pgjobs migrate``.
 
 Never put the lock connection behind a transaction-pooling PgBouncer: session locks
 need a session. The lease statements themselves are plain SQL (no session state).

@@ -118,6 +118,11 @@ PRUNE_TICKS = text(
     "DELETE FROM pgjobs_beat_tick WHERE claimed_at < now() - make_interval(days => :days)"
 )
 
+MISSING_TABLES = text(
+    "SELECT name FROM unnest(CAST(:names AS text[])) AS t(name) WHERE to_regclass(name) IS NULL"
+)
+"""Which of ``names`` the database lacks: beat refuses to start on an unmigrated database."""
+
 # --- schedule ------------------------------------------------------------------------------
 
 CHANGE_MARKER = text("SELECT last_update FROM celery_periodictaskchanged WHERE id = 1")

@@ -53,11 +53,24 @@ class Scheduler(beat.Scheduler):
     # --- Celery's Scheduler interface ------------------------------------------------------
 
     def setup_schedule(self) -> None:
+        self._refuse_unmigrated_database()
         try:
             self._sync_defaults()
         except SQLAlchemyError as error:
             logger.error("beat: could not add the default entries yet (%s); "
                          "the leader retries when it takes over", error.__class__.__name__)
+
+    def _refuse_unmigrated_database(self) -> None:
+        """Exit in one line rather than contest the lead forever on a database without
+        beat's tables."""
+        try:
+            missing = store.missing_tables(self.engine)
+        except SQLAlchemyError:
+            return  # unreachable now: the leadership loop retries and says so
+        if missing:
+            logger.critical("pgjobs: the database %r has no table %s; run `pgjobs migrate` "
+                            "first", make_url(self.dburi).database, missing[0])
+            raise SystemExit(1)
 
     def get_schedule(self) -> dict[str, Entry]:
         return self._entries or {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from datetime import timedelta
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from beat_helpers import (
+    beat_command,
     beat_logs,
     drain,
     leader_application,
@@ -178,3 +180,25 @@ def test_a_frozen_leader_is_replaced_and_never_sends_again(
     assert Counter(headers["id"] for headers in messages) == Counter(row[2] for row in fired)
     print(f"frozen leader replaced after {takeover:.2f} s; {len(fired)} ticks, "
           f"{sent_by_frozen} by the frozen leader")
+
+
+def test_beat_on_an_unmigrated_database_exits_saying_to_migrate(
+        empty_db: str, tmp_path: Path) -> None:
+    # Given a database that was never migrated
+    env = {**os.environ, "DATABASE_URL": empty_db}
+
+    # When beat starts on it
+    try:
+        done = subprocess.run(beat_command(tmp_path / "unused-schedule"), env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as running:
+        output = (running.stdout or b"").decode(errors="replace")
+        raise AssertionError(f"beat kept running on an unmigrated database:\n{output}") from None
+
+    # Then it exits non-zero with one line saying to run `pgjobs migrate`, and never led
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    advice = [line for line in output.splitlines() if "pgjobs migrate" in line]
+    assert len(advice) == 1, output
+    assert "Traceback" not in output
+    assert "is now the leader" not in output
