@@ -1,7 +1,8 @@
-"""Who dispatches: a session advisory lock held on one dedicated connection.
+"""Who dispatches: a session advisory lock plus a lease row, on one dedicated connection.
 
-See the package docstring for the protocol. This module only opens, tests and closes
-that connection, and logs each change of role in one line.
+See the package docstring for the protocol. This module opens, uses and closes that
+connection, renews the lease, ends the session of a leader whose lease expired, and logs
+each change of role in one line.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from beat import queries
 from config.errors import one_line
@@ -21,6 +23,51 @@ logger = logging.getLogger("beat.leadership")
 # The lock's two int4 keys: "pgjo" and "beat". Advisory locks are per database, so one
 # pgjobs database has one beat leader.
 LOCK_KEYS = {"key1": 0x70676A6F, "key2": 0x62656174}
+
+# What the README promises: a frozen or dead leader is replaced within this many seconds.
+TAKEOVER_PROMISE = 10.0
+
+# SQLSTATE of "permission denied" (pg_terminate_backend on another role's session).
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+@dataclass(frozen=True)
+class LeaseTimes:
+    """The leader lease's clock, in seconds (measured by the database server's clock).
+
+    - ``lease``: how long a renewal keeps the lease; a leader that has not renewed for this
+      long is deposed.
+    - ``renew_every``: the leader renews at least this often; at most a third of ``lease``,
+      so two late renewals in a row still keep it.
+    - ``standby_retry``: how often a standby contests the lock and checks the lease.
+    - ``depose_wait``: how long a standby waits for the session it ended to go away.
+
+    A frozen leader is replaced after at most ``lease + standby_retry + depose_wait``, which
+    must stay within :data:`TAKEOVER_PROMISE`.
+    """
+
+    lease: float = 6.0
+    renew_every: float = 2.0
+    standby_retry: float = 1.0
+    depose_wait: float = 2.0
+
+    def __post_init__(self) -> None:
+        if min(self.lease, self.renew_every, self.standby_retry, self.depose_wait) <= 0:
+            raise ValueError("beat lease times must be positive")
+        if self.renew_every > self.lease / 3:
+            raise ValueError(f"beat lease renewal every {self.renew_every} s must be at most "
+                             f"a third of the {self.lease} s lease")
+        if self.takeover_bound > TAKEOVER_PROMISE:
+            raise ValueError(f"beat takeover could take {self.takeover_bound} s, over the "
+                             f"{TAKEOVER_PROMISE} s promised; shorten the lease")
+
+    @property
+    def takeover_bound(self) -> float:
+        """The longest a frozen leader can stay in place."""
+        return self.lease + self.standby_retry + self.depose_wait
+
+
+TIMES = LeaseTimes()
 
 # A connection that stops answering is given up within about 5 s, on both sides: the
 # client's keepalives and TCP user timeout, and the server's (set per session), so the
@@ -39,7 +86,7 @@ _KEEPALIVE_ARGS = {
 
 
 class LostLeadership(Exception):
-    """This process no longer holds the leader lock; it must not dispatch."""
+    """This process no longer holds the leader lock and lease; it must not dispatch."""
 
 
 def default_identity() -> str:
@@ -48,22 +95,27 @@ def default_identity() -> str:
 
 
 class Leadership:
-    """The leader lock of one beat process.
+    """The leader lock and lease of one beat process.
 
-    :meth:`confirm` is called before every scheduler pass and before every dispatch: a
-    standby tries to take the lock, a leader proves it still holds it.
+    :meth:`confirm` is called before every scheduler pass: a standby contests the lock (and
+    deposes a leader whose lease expired), a leader renews its lease. :meth:`prove` runs
+    first in every transaction that acts as the leader.
     """
 
-    def __init__(self, sqlalchemy_url: str, identity: str | None = None) -> None:
+    def __init__(self, sqlalchemy_url: str, identity: str | None = None,
+                 times: LeaseTimes = TIMES) -> None:
         self.identity = identity or default_identity()
+        self.times = times
         self._engine = sa.create_engine(
             sqlalchemy_url, poolclass=sa.NullPool,
             connect_args={**_KEEPALIVE_ARGS, "application_name": self.identity},
         )
         self._connection: sa.Connection | None = None
+        self._lease = {**LOCK_KEYS, "holder": self.identity, "lease": times.lease}
         self.leading = False
         self._standby_logged = False
         self._unreachable_logged = False
+        self._denied_logged = False
 
     @property
     def connection(self) -> sa.Connection:
@@ -73,12 +125,20 @@ class Leadership:
         return self._connection
 
     def confirm(self) -> bool:
-        """Take or keep the lock; True when this process leads now."""
+        """Take or keep the lead; True when this process leads now."""
         try:
-            return self._still_leading() if self.leading else self._try_take()
+            return self._renew() if self.leading else self._contest()
         except SQLAlchemyError as error:
             self._unreachable(one_line(error))
             return False
+
+    def prove(self, connection: sa.Connection) -> None:
+        """Renew the lease inside the caller's open transaction on :attr:`connection`.
+
+        Raises LostLeadership unless this session still holds the lock and an unexpired
+        lease, so the transaction must not go on to act as the leader."""
+        if connection.scalar(queries.RENEW_LEASE, self._lease) is None:
+            raise LostLeadership("its lease expired or another beat took over")
 
     def lost(self, reason: str) -> None:
         """Step down after a failure seen elsewhere on the lock connection."""
@@ -92,29 +152,71 @@ class Leadership:
         self._close()
         self._engine.dispose()
 
-    def _try_take(self) -> bool:
+    # --- standby ---------------------------------------------------------------------------
+
+    def _contest(self) -> bool:
         connection = self._open()
-        taken = bool(connection.scalar(queries.TRY_LOCK, LOCK_KEYS))
+        if self._take(connection) or (self._depose_expired(connection) and self._take(connection)):
+            return True
+        self._standing_by(connection)
+        return False
+
+    def _take(self, connection: sa.Connection) -> bool:
+        taken = connection.scalar(queries.TAKE_LEAD, self._lease) is not None
         connection.commit()
         self._unreachable_logged = False
         if taken:
             self.leading, self._standby_logged = True, False
             logger.warning("beat: %s is now the leader and dispatches the schedule",
                            self.identity)
-        elif not self._standby_logged:
-            self._standby_logged = True
-            holder = connection.scalar(queries.LOCK_HOLDER, LOCK_KEYS)
-            connection.commit()
-            logger.info("beat: %s is standing by; %s leads", self.identity, holder or "another")
         return taken
 
-    def _still_leading(self) -> bool:
-        connection = self.connection
-        held = bool(connection.scalar(queries.LOCK_HELD, LOCK_KEYS))
+    def _depose_expired(self, connection: sa.Connection) -> bool:
+        """End the lock holder's session if it has no live lease; True if one ended."""
+        try:
+            ended = connection.execute(queries.DEPOSE_EXPIRED, {
+                **LOCK_KEYS, "wait_ms": int(self.times.depose_wait * 1000)}).all()
+            connection.commit()
+        except DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+                raise
+            connection.rollback()
+            self._denied(one_line(error))
+            return False
+        for pid, holder, gone in ended:
+            logger.warning("beat: %s ended the session of %s (backend %d), which held the "
+                           "leader lock without a live lease%s", self.identity, holder, pid,
+                           "" if gone else "; it has not exited yet")
+        return any(gone for _, _, gone in ended)
+
+    def _standing_by(self, connection: sa.Connection) -> None:
+        if self._standby_logged:
+            return
+        holder = connection.scalar(queries.LEASE_HOLDER, LOCK_KEYS)
         connection.commit()
-        if not held:
-            self._drop("the lock is no longer held")
-        return held
+        self._standby_logged = True
+        logger.info("beat: %s is standing by; %s leads", self.identity, holder or "another")
+
+    def _denied(self, reason: str) -> None:
+        if not self._denied_logged:
+            self._denied_logged = True
+            logger.error("beat: %s cannot end the session of a leader whose lease expired "
+                         "(%s); run every beat as the same database role, or grant its role "
+                         "pg_signal_backend", self.identity, reason)
+
+    # --- leader ----------------------------------------------------------------------------
+
+    def _renew(self) -> bool:
+        connection = self.connection
+        try:
+            with connection.begin():
+                self.prove(connection)
+        except LostLeadership as error:
+            self._drop(str(error))
+            return False
+        return True
+
+    # --- connection ------------------------------------------------------------------------
 
     def _open(self) -> sa.Connection:
         if self._connection is None or self._connection.closed:
@@ -137,9 +239,16 @@ class Leadership:
         self._close()
 
     def _close(self) -> None:
+        """Drop the lock connection without a round trip to the server.
+
+        SIGTERM's handler calls this from inside whatever query the connection is running;
+        a clean close would first wait for that query's driver lock, which never comes
+        free. The server frees the lock and rolls back any open transaction as the socket
+        closes."""
         connection, self._connection = self._connection, None
-        if connection is not None:
+        if connection is not None and not connection.closed:
             try:
+                connection.invalidate()
                 connection.close()
             except SQLAlchemyError:
                 pass  # the connection is already gone, which is all we want

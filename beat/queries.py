@@ -1,6 +1,7 @@
 """Every SQL statement beat runs, named, in one place.
 
-Tables: ``pgjobs_beat_tick`` and ``pgjobs_beat_policy`` (migration 0003), and
+Tables: ``pgjobs_beat_tick`` and ``pgjobs_beat_policy`` (migration 0003),
+``pgjobs_beat_leader`` (migration 0005), and
 sqlalchemy-celery-beat's ``celery_periodictask``, ``celery_periodictaskchanged`` and
 schedule tables (migration 0001). All values are bound parameters.
 """
@@ -9,23 +10,55 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-# --- leadership (run on the leader's dedicated connection) ---------------------------------
+# --- leadership (run on each beat's dedicated lock connection) ------------------------------
+# The lock's two int4 keys are bound as :key1 and :key2 (see beat.leadership.LOCK_KEYS).
 
-TRY_LOCK = text("SELECT pg_try_advisory_lock(:key1, :key2)")
-"""Take the leader lock for this session, or return false at once."""
+# Each statement below finds the lock's holder the same way: the granted advisory lock on
+# these keys in this database, in pg_locks.
 
-LOCK_HELD = text(
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
-    " AND pid = pg_backend_pid() AND classid = :key1 AND objid = :key2"
-    " AND objsubid = 2 AND granted)"
+TAKE_LEAD = text(
+    "WITH attempt AS (SELECT pg_try_advisory_lock(:key1, :key2) AS taken)"
+    " INSERT INTO pgjobs_beat_leader (id, holder, pid, elected_at, expires_at)"
+    " SELECT 1, :holder, pg_backend_pid(), now(), now() + make_interval(secs => :lease)"
+    " FROM attempt WHERE taken"
+    " ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, pid = EXCLUDED.pid,"
+    " elected_at = EXCLUDED.elected_at, expires_at = EXCLUDED.expires_at"
+    " RETURNING expires_at"
 )
-"""True while this session still holds the leader lock (also proves the connection lives)."""
+"""Take the leader lock for this session and write this session's lease, in one statement;
+no row back when another session holds the lock."""
 
-LOCK_HOLDER = text(
-    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+RENEW_LEASE = text(
+    "UPDATE pgjobs_beat_leader SET expires_at = now() + make_interval(secs => :lease)"
+    " WHERE id = 1 AND holder = :holder AND pid = pg_backend_pid() AND expires_at > now()"
+    " AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory'"
+    " AND l.pid = pg_backend_pid() AND l.classid = :key1 AND l.objid = :key2"
+    " AND l.objsubid = 2 AND l.granted)"
+    " RETURNING expires_at"
+)
+"""Extend this session's lease; no row back unless it still holds both the lock and an
+unexpired lease. It runs first in every transaction that acts as the leader, so a lapsed
+or deposed leader's transaction acts on nothing."""
+
+DEPOSE_EXPIRED = text(
+    "SELECT l.pid, COALESCE(b.holder, 'an unknown session'),"
+    " pg_terminate_backend(l.pid, :wait_ms)"
+    " FROM pg_locks l LEFT JOIN pgjobs_beat_leader b ON b.pid = l.pid"
     " WHERE l.locktype = 'advisory' AND l.classid = :key1 AND l.objid = :key2"
-    " AND l.objsubid = 2 AND l.granted AND l.database = ("
-    "SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND l.objsubid = 2 AND l.granted"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND NOT EXISTS (SELECT 1 FROM pgjobs_beat_leader WHERE pid = l.pid"
+    " AND expires_at > now())"
+)
+"""End the session holding the lock when it has no unexpired lease (a frozen, paused or
+stuck leader), which frees the lock; wait up to ``wait_ms`` for it to end. One row per
+session ended: (backend pid, holder, whether it ended in time)."""
+
+LEASE_HOLDER = text(
+    "SELECT b.holder FROM pgjobs_beat_leader b JOIN pg_locks l ON l.pid = b.pid"
+    " WHERE l.locktype = 'advisory' AND l.classid = :key1 AND l.objid = :key2"
+    " AND l.objsubid = 2 AND l.granted"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 """Who leads now, for the standby's log line."""
 
@@ -84,6 +117,11 @@ UNSENT_TICKS = text(
 PRUNE_TICKS = text(
     "DELETE FROM pgjobs_beat_tick WHERE claimed_at < now() - make_interval(days => :days)"
 )
+
+MISSING_TABLES = text(
+    "SELECT name FROM unnest(CAST(:names AS text[])) AS t(name) WHERE to_regclass(name) IS NULL"
+)
+"""Which of ``names`` the database lacks: beat refuses to start on an unmigrated database."""
 
 # --- schedule ------------------------------------------------------------------------------
 

@@ -28,9 +28,6 @@ from broker.urls import redact
 
 logger = logging.getLogger("beat.scheduler")
 
-# A standby asks for the lock this often (seconds), so a failover costs about this much
-# once the old leader's connection is gone.
-STANDBY_RETRY = 1.0
 # The leader prunes the tick record this often (seconds).
 PRUNE_EVERY = 3600.0
 
@@ -56,11 +53,24 @@ class Scheduler(beat.Scheduler):
     # --- Celery's Scheduler interface ------------------------------------------------------
 
     def setup_schedule(self) -> None:
+        self._refuse_unmigrated_database()
         try:
             self._sync_defaults()
         except SQLAlchemyError as error:
             logger.error("beat: could not add the default entries yet (%s); "
                          "the leader retries when it takes over", error.__class__.__name__)
+
+    def _refuse_unmigrated_database(self) -> None:
+        """Exit in one line rather than contest the lead forever on a database without
+        beat's tables."""
+        try:
+            missing = store.missing_tables(self.engine)
+        except SQLAlchemyError:
+            return  # unreachable now: the leadership loop retries and says so
+        if missing:
+            logger.critical("pgjobs: the database %r has no table %s; run `pgjobs migrate` "
+                            "first", make_url(self.dburi).database, missing[0])
+            raise SystemExit(1)
 
     def get_schedule(self) -> dict[str, Entry]:
         return self._entries or {}
@@ -74,16 +84,17 @@ class Scheduler(beat.Scheduler):
         """One pass: lead or stand by, reload edits, send what is due. Returns the sleep."""
         if not self._leadership.confirm():
             self._entries = None  # a future leader reloads everything
-            return min(STANDBY_RETRY, self.max_interval)
+            return self._retry_wait()
         try:
             self._refresh()
-            return self._dispatch_due()
+            # Wake up in time to renew the lease, even with nothing due.
+            return min(self._dispatch_due(), self._leadership.times.renew_every)
         except LostLeadership as error:
             self._leadership.lost(str(error))
         except SQLAlchemyError as error:
             self._leadership.lost(f"database error: {error.__class__.__name__}")
         self._entries = None
-        return min(STANDBY_RETRY, self.max_interval)
+        return self._retry_wait()
 
     def sync(self) -> None:
         """Nothing to do: progress is written with every tick."""
@@ -94,6 +105,9 @@ class Scheduler(beat.Scheduler):
         finally:
             self._leadership.release()
             self.engine.dispose()
+
+    def _retry_wait(self) -> float:
+        return min(self._leadership.times.standby_retry, self.max_interval)
 
     @property
     def info(self) -> str:
@@ -191,7 +205,7 @@ class Scheduler(beat.Scheduler):
                            decision.missed, entry.name, decision.due_at.isoformat(),
                            decision.reason)
         elif not self._fire(entry, decision.due_at, decision.missed):
-            return STANDBY_RETRY
+            return self._retry_wait()  # soon, not at once: the broker refused it
         entry.last_run_at = entry.stored_last_run_at = decision.due_at
         return 0.0
 

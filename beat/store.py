@@ -30,6 +30,11 @@ SCHEMA_MAP = {"celery_schema": None}
 _SYNC_LOCK_KEYS = {"key1": 0x70676A6F, "key2": 0x73796E63}  # "pgjo", "sync"
 
 
+# Every table beat reads or writes, created by the migrations.
+BEAT_TABLES = ("celery_periodictask", "celery_periodictaskchanged", "pgjobs_beat_policy",
+               "pgjobs_beat_tick", "pgjobs_beat_leader")
+
+
 class UnknownEntry(LookupError):
     """A named entry does not exist."""
 
@@ -42,6 +47,12 @@ def create_engine(sqlalchemy_url: str) -> sa.Engine:
     """An engine for the schedule tables: no pool (beat and the CLI write rarely)."""
     engine = sa.create_engine(sqlalchemy_url, poolclass=sa.NullPool)
     return engine.execution_options(schema_translate_map=SCHEMA_MAP)
+
+
+def missing_tables(engine: sa.Engine) -> list[str]:
+    """The tables of :data:`BEAT_TABLES` the database lacks (all present once migrated)."""
+    with engine.connect() as connection:
+        return list(connection.scalars(queries.MISSING_TABLES, {"names": list(BEAT_TABLES)}))
 
 
 @contextmanager

@@ -1,9 +1,9 @@
 """Fire each tick at most once, and never lose one silently.
 
 A tick is one ``(entry name, due time)``. The leader claims it with an INSERT under that
-primary key, on its lock connection, in a transaction that first checks the lock is still
-held and also persists the entry's ``last_run_at``. A second leader, or the same one after a
-reload, finds the key taken and does not send.
+primary key, on its lock connection, in a transaction that first proves (and renews) its
+lead, lock and unexpired lease both, and also persists the entry's ``last_run_at``. A second
+leader, or the same one after a reload, finds the key taken and does not send.
 
 Publishing the message:
 
@@ -28,7 +28,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from beat import queries
-from beat.leadership import LOCK_KEYS, Leadership, LostLeadership
+from beat.leadership import Leadership
 
 logger = logging.getLogger("beat.ticks")
 
@@ -83,7 +83,7 @@ class TickLedger:
         """Advance ``entry_name`` to ``due_at`` without sending anything."""
         connection = self._leadership.connection
         with connection.begin():
-            self._check_lock(connection)
+            self._leadership.prove(connection)
             connection.execute(queries.ADVANCE_ENTRY,
                                {"entry_name": entry_name, "due_at": due_at, "fired": 0})
 
@@ -91,7 +91,7 @@ class TickLedger:
         """Store ``at`` as the last run of ``entry_name`` if it has none; the stored value."""
         connection = self._leadership.connection
         with connection.begin():
-            self._check_lock(connection)
+            self._leadership.prove(connection)
             return connection.scalar(queries.ANCHOR_ENTRY, {"entry_name": entry_name, "at": at})
 
     def report_unsent(self) -> None:
@@ -119,7 +119,7 @@ class TickLedger:
             return self._claim_in(connection, tick, sent=sent)
 
     def _claim_in(self, connection: sa.Connection, tick: Tick, *, sent: bool) -> bool:
-        self._check_lock(connection)
+        self._leadership.prove(connection)
         claimed = connection.scalar(queries.CLAIM_TICK, {
             **_key(tick), "task_id": tick.task_id, "leader": self._leadership.identity,
             "sent": sent})
@@ -135,11 +135,6 @@ class TickLedger:
             connection.execute(queries.RESTORE_ENTRY, {
                 "entry_name": tick.entry_name, "last_run_at": tick.previous_last_run_at,
                 "enabled": tick.was_enabled})
-
-    @staticmethod
-    def _check_lock(connection: sa.Connection) -> None:
-        if not connection.scalar(queries.LOCK_HELD, LOCK_KEYS):
-            raise LostLeadership("the leader lock is no longer held")
 
     def _run(self, statement: sa.TextClause, params: dict) -> None:
         connection = self._leadership.connection

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from kombu.simple import SimpleQueue
+from psycopg import sql
+
+BIN = Path(sys.executable).parent
 
 
-def rows(db_url: str, statement: str, params: dict | None = None) -> list[tuple]:
+def beat_command(schedule_file: Path) -> list[str]:
+    """``celery -A config beat`` as the Procfile runs it, without a pidfile."""
+    return [str(BIN / "celery"), "-A", "config", "beat", "--pidfile=", "-l", "info",
+            "-s", str(schedule_file)]
+
+
+def rows(db_url: str, statement: str | sql.Composable, params: dict | None = None) -> list[tuple]:
     with psycopg.connect(db_url, autocommit=True) as connection:
         cursor = connection.execute(statement, params or {})
         return cursor.fetchall() if cursor.description else []
@@ -75,3 +85,14 @@ def utc(*parts: int) -> datetime:
 def beat_logs(folder: Path) -> str:
     """The output of every beat process a test started."""
     return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("beat-*.log")))
+
+
+def expire_lease(db_url: str) -> None:
+    """Age the leader's lease into the past, as if its holder had stopped renewing it."""
+    rows(db_url, "UPDATE pgjobs_beat_leader SET expires_at = now() - interval '1 second'")
+
+
+def lease(db_url: str) -> tuple | None:
+    """(holder, backend pid) of the leader lease row, if any."""
+    found = rows(db_url, "SELECT holder, pid FROM pgjobs_beat_leader")
+    return found[0] if found else None

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
-
-BIN = Path(sys.executable).parent
+from beat_helpers import beat_command
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
 
 @pytest.fixture
@@ -33,6 +35,17 @@ def make_scheduler(app_db: str) -> Iterator[Callable[..., object]]:
 
 
 @pytest.fixture
+def empty_db(pg_server_url: str) -> Iterator[str]:
+    """A database that was never migrated: no tables at all. Dropped afterwards."""
+    name = f"pgjobs_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def beat_processes(app_db: str, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen]]:
     """Start ``celery -A config beat`` processes on the test database; killed afterwards."""
     started: list[subprocess.Popen] = []
@@ -41,9 +54,8 @@ def beat_processes(app_db: str, tmp_path: Path) -> Iterator[Callable[[], subproc
     def start() -> subprocess.Popen:
         log = open(tmp_path / f"beat-{len(started)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "config", "beat", "--pidfile=", "-l", "info",
-             "-s", str(tmp_path / "unused-schedule")],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+            beat_command(tmp_path / "unused-schedule"), env=env, stdout=log,
+            stderr=subprocess.STDOUT, cwd=tmp_path)
         log.close()
         started.append(process)
         return process
