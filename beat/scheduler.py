@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from celery import beat
 from kombu.utils.uuid import uuid
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy_celery_beat.models import PeriodicTask

@@ -6,14 +6,14 @@ every few seconds; a standby that finds it expired ends that backend's session (
 the lock) and takes over. See :mod:`beat` for the protocol.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
