@@ -1,0 +1,13 @@
+"""Registers the operator commands on the ``pgjobs`` group."""
+
+from __future__ import annotations
+
+import click
+
+from config.ops.dead import dead
+from config.ops.status import status
+
+
+def register(main: click.Group) -> None:
+    for command in (status, dead):
+        main.add_command(command)
