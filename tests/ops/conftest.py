@@ -48,3 +48,15 @@ def one_line_error(result: Result) -> str:
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert "Traceback" not in result.output
     return lines[0]
+
+
+@pytest.fixture
+def processes(app_db: str, tmp_path):
+    """Real processes on the test's database (see :mod:`processes`)."""
+    from processes import Processes, process_env
+
+    started = Processes(process_env(app_db), tmp_path)
+    try:
+        yield started
+    finally:
+        started.kill_all()
