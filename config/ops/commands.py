@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from config.ops.dead import dead
+from config.ops.health import health
 from config.ops.status import status
 
 
 def register(main: click.Group) -> None:
-    for command in (status, dead):
+    for command in (status, dead, health):
         main.add_command(command)

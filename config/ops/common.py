@@ -31,6 +31,18 @@ class OneLineCommand(click.Command):
             raise click.ClickException(error.format_message()) from None
 
 
+class OneLineGroup(click.Group):
+    """A group of :class:`OneLineCommand`; an unknown subcommand is one line too."""
+
+    command_class = OneLineCommand
+
+    def resolve_command(self, ctx, args):  # type: ignore[override]
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            raise click.ClickException(error.format_message()) from None
+
+
 def settings() -> Settings:
     try:
         return get_settings()

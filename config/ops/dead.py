@@ -13,18 +13,16 @@ from collections.abc import Callable, Sequence
 import click
 
 from broker.admin import Admin, DeadLetter, chunks
-from config.ops.common import OneLineCommand, admin, batched_progress, echo_json, iso
+from config.ops.common import OneLineGroup, admin, batched_progress, echo_json, iso
 
 BATCH = 1000
 """Dead letters moved or deleted per statement (each commits on its own)."""
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 def dead() -> None:
     """List, retry or purge dead letters."""
 
-
-dead.command_class = OneLineCommand
 
 
 @dead.command(name="list")
