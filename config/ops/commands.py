@@ -6,9 +6,10 @@ import click
 
 from config.ops.dead import dead
 from config.ops.health import health
+from config.ops.metrics import metrics
 from config.ops.status import status
 
 
 def register(main: click.Group) -> None:
-    for command in (status, dead, health):
+    for command in (status, dead, health, metrics):
         main.add_command(command)
