@@ -4,8 +4,6 @@
   status counts and by ``inspect scheduled`` (the existing delayed index has no queue).
 - ``pgjobs_broker_dead_letter_queue`` and ``_died``: dead letters per queue, and their
   retention (``DEAD_LETTER_RETENTION_DAYS``).
-- ``pgjobs_taskmeta_date_done``: results by finish time, for ``pgjobs failed list --since``,
-  the ``pgjobs_task_results`` metric and the results' retention.
 - ``pgjobs_revoked_task``: every revoked task id, so that a worker started later, or after
   every worker restarted, never runs it (Celery keeps revokes in worker memory only).
 
@@ -28,7 +26,6 @@ def upgrade() -> None:
     op.create_index("pgjobs_broker_dead_letter_queue", "pgjobs_broker_dead_letter",
                     ["queue", "id"])
     op.create_index("pgjobs_broker_dead_letter_died", "pgjobs_broker_dead_letter", ["died_at"])
-    op.create_index("pgjobs_taskmeta_date_done", "celery_taskmeta", ["date_done"])
     op.create_table(
         "pgjobs_revoked_task",
         sa.Column("task_id", sa.Text(), primary_key=True),
@@ -40,7 +37,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("pgjobs_revoked_task")
-    op.drop_index("pgjobs_taskmeta_date_done", "celery_taskmeta")
     op.drop_index("pgjobs_broker_dead_letter_died", "pgjobs_broker_dead_letter")
     op.drop_index("pgjobs_broker_dead_letter_queue", "pgjobs_broker_dead_letter")
     op.drop_index("pgjobs_broker_message_delayed_queue", "pgjobs_broker_message")
