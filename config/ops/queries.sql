@@ -61,3 +61,7 @@ SELECT COALESCE(name, ''), status, count(*)
 FROM celery_taskmeta
 WHERE date_done >= %(since)s::timestamp
 GROUP BY 1, 2;
+
+-- name: failed_forget
+-- A failed result whose retry was sent in the same transaction: it is failed no more.
+DELETE FROM celery_taskmeta WHERE task_id = %(task_id)s AND status = 'FAILURE';
