@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from config.ops.cleanup import cleanup
 from config.ops.dead import dead
 from config.ops.failed import failed
 from config.ops.health import health
@@ -12,5 +13,5 @@ from config.ops.status import status
 
 
 def register(main: click.Group) -> None:
-    for command in (status, dead, failed, health, metrics):
+    for command in (status, dead, failed, health, metrics, cleanup):
         main.add_command(command)
