@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -97,13 +97,6 @@ def _jsonable(value: object) -> object:
 
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
-
-
-def progress(items: list[T], label: str) -> Any:
-    """A progress bar over ``items`` on a terminal (stderr); silent in logs and pipes."""
-    if not sys.stderr.isatty():
-        return nullcontext(items)
-    return click.progressbar(items, label=label, file=sys.stderr)
 
 
 def batched_progress(batches: Iterable[T], total: int, label: str) -> Iterator[T]:

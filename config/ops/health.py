@@ -65,9 +65,13 @@ def _ping(nodename: str | None, timeout: float) -> list[str]:
     """Node names that answered Celery's ping."""
     from config.celery import app
 
-    # Any one answer will do: without a limit, a ping of all workers waits the whole timeout.
-    replies = app.control.ping(destination=[nodename] if nodename else None, timeout=timeout,
-                               limit=1)
+    # A connection of its own, closed at once: that retires the reply queue's consumer,
+    # which would otherwise count as a live worker until its lease lapsed.
+    with app.connection_for_write() as connection:
+        # Any one answer will do: without a limit, a ping of all workers waits the whole
+        # timeout.
+        replies = app.control.ping(destination=[nodename] if nodename else None,
+                                   timeout=timeout, limit=1, connection=connection)
     return [name for reply in replies or [] for name in reply]
 
 

@@ -3,6 +3,7 @@ SIGSTOP and killed with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -25,6 +26,8 @@ def test_a_live_worker_is_healthy_and_a_frozen_one_is_not(cli, processes):
     assert healthy.exit_code == 0, healthy.output
     assert healthy.stdout.startswith(f"healthy: {node} answered")
     assert cli("health", "worker", "--hostname", node).exit_code == 0
+    # ... and the checks leave no consumer of their own behind to count as a worker
+    assert len(json.loads(cli("status", "--json").stdout)["workers"]) == 1
 
     # When it is frozen (its lease has not lapsed yet)
     os.kill(worker.popen.pid, signal.SIGSTOP)
