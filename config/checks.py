@@ -17,7 +17,10 @@ def check_database(url: str) -> None:
         with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
-        raise SettingsError(
-            f"DATABASE_URL: cannot connect to {redact_url(url)} ({one_line(error)}); "
-            "check that PostgreSQL is running and the URL is right"
-        ) from None
+        raise SettingsError(unreachable(url, error)) from None
+
+
+def unreachable(url: str, error: BaseException) -> str:
+    """The one line naming DATABASE_URL (password masked) and why it cannot be reached."""
+    return (f"DATABASE_URL: cannot connect to {redact_url(url)} ({one_line(error)}); "
+            "check that PostgreSQL is running and the URL is right")

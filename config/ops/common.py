@@ -14,9 +14,9 @@ import psycopg
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.admin import Admin
+from config.checks import unreachable
 from config.errors import one_line
 from config.settings import Settings, SettingsError, get_settings
-from config.urls import redact_url
 
 T = TypeVar("T")
 
@@ -63,18 +63,13 @@ def database_errors(url: str) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as error:
-        raise click.ClickException(_unreachable(url, error)) from None
+        raise click.ClickException(unreachable(url, error)) from None
     except psycopg.errors.UndefinedTable as error:
         raise click.ClickException(f"{one_line(error)}: run `pgjobs migrate` first") from None
     except (psycopg.Error, SQLAlchemyError) as error:
         if isinstance(getattr(error, "orig", None), psycopg.OperationalError):
-            raise click.ClickException(_unreachable(url, error)) from None
+            raise click.ClickException(unreachable(url, error)) from None
         raise click.ClickException(f"database error: {one_line(error)}") from None
-
-
-def _unreachable(url: str, error: BaseException) -> str:
-    return (f"DATABASE_URL: cannot connect to {redact_url(url)} ({one_line(error)}); "
-            "check that PostgreSQL is running and the URL is right")
 
 
 @contextmanager

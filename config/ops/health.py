@@ -84,6 +84,10 @@ def beat(max_age: float) -> None:
         leader = snap.beat(api.connect())
     if leader is None:
         raise click.ClickException("no beat holds the leader lock: start `celery -A config beat`")
+    if leader.last_pass_age_s is None:
+        raise click.ClickException(
+            f"beat {leader.leader} holds the lock, but this database role cannot see its "
+            "activity: run the check as beat's role, or GRANT pg_read_all_stats to this one")
     if leader.last_pass_age_s > max_age:
         raise click.ClickException(
             f"beat {leader.leader} holds the lock but its last pass was "

@@ -120,7 +120,8 @@ def _beat_metrics(current: snap.Snapshot) -> Iterator[Metric]:
                                   "Seconds since the leading beat's last pass")
     if current.beat is not None:
         leader.add_metric([current.beat.leader], 1)
-        last_pass.add_metric([], current.beat.last_pass_age_s)
+        if current.beat.last_pass_age_s is not None:
+            last_pass.add_metric([], current.beat.last_pass_age_s)
     lag = GaugeMetricFamily("pgjobs_beat_schedule_lag_seconds",
                             "How overdue the most overdue schedule entry is")
     overdue = [datetime.now(UTC) - run.at for run in current.schedule]

@@ -5,7 +5,8 @@ The JSON shape (``Snapshot.as_dict``) is the documented output of ``pgjobs statu
 - ``queues``: ``[{name, ready, scheduled, in_flight, dead, oldest_ready_age_s}]`` by name;
 - ``workers``: live consumers, ``[{hostname, pid, started_at, heartbeat_age_s}]``;
 - ``beat``: ``{leader, last_pass_age_s, last_dispatch: {entry, at} | null}``, or null
-  when no beat holds the leader lock;
+  when no beat holds the leader lock (``last_pass_age_s`` is null when the leader's
+  session activity is hidden from this role);
 - ``schedule``: the next five runs, ``[{name, task, at}]``, soonest first.
 """
 
@@ -35,8 +36,11 @@ class Worker:
 
 @dataclass(frozen=True)
 class Beat:
+    """The leading beat. ``last_pass_age_s`` is None when this role may not see the
+    leader's session activity (another role, without ``pg_read_all_stats``)."""
+
     leader: str
-    last_pass_age_s: float
+    last_pass_age_s: float | None
     last_dispatch: dict[str, Any] | None
 
 
@@ -71,8 +75,8 @@ def beat(conn: psycopg.Connection) -> Beat | None:
         return None
     last = conn.execute(QUERIES["beat_last_dispatch"]).fetchone()
     dispatch = {"entry": last[0], "at": last[1]} if last else None
-    return Beat(leader=row[0] or "", last_pass_age_s=round(max(0.0, row[1] or 0.0), 3),
-                last_dispatch=dispatch)
+    age = None if row[1] is None else round(max(0.0, row[1]), 3)
+    return Beat(leader=row[0] or "", last_pass_age_s=age, last_dispatch=dispatch)
 
 
 def schedule(engine: sa.Engine, limit: int = 5) -> list[NextRun]:

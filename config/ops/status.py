@@ -88,7 +88,7 @@ def _beat(current: snap.Snapshot) -> list[str]:
     beat = current.beat
     if beat is None:
         return ["beat: no leader"]
-    line = f"beat: {beat.leader} leads, last pass {beat.last_pass_age_s:.1f}s ago"
+    line = f"beat: {beat.leader} leads, last pass {_ago(beat.last_pass_age_s)}"
     if beat.last_dispatch:
         at = beat.last_dispatch["at"].isoformat(timespec="seconds")
         line += f", last dispatch {beat.last_dispatch['entry']} at {at}"
@@ -100,6 +100,10 @@ def _schedule(current: snap.Snapshot) -> list[str]:
         return ["next runs: none"]
     return ["next runs:"] + [f"  {run.at.isoformat(timespec='seconds')}  {run.name}  {run.task}"
                              for run in current.schedule]
+
+
+def _ago(seconds: float | None) -> str:
+    return "unknown (activity hidden from this role)" if seconds is None else f"{seconds:.1f}s ago"
 
 
 def _age(seconds: float | None) -> str:
