@@ -26,19 +26,26 @@ def status(as_json: bool, watch: float | None) -> None:
     """Queue depths, live workers, the beat leader and the next schedule runs."""
     url = database_url()
     visibility_timeout = settings().visibility_timeout
-    with _sources(url) as (admin, engine):
-        while True:
-            with database_errors(url):
-                current = snap.take(admin, engine, visibility_timeout)
-            if watch and not as_json:
-                click.clear()
-            if as_json:
-                echo_json(current.as_dict())
-            else:
-                click.echo(render(current))
-            if not watch:
-                return
-            _pause(watch)
+    try:
+        with _sources(url) as (admin, engine):
+            while True:
+                with database_errors(url):
+                    current = snap.take(admin, engine, visibility_timeout)
+                _show(current, as_json, clear=bool(watch) and not as_json)
+                if not watch:
+                    return
+                time.sleep(watch)
+    except KeyboardInterrupt:  # the way to leave --watch
+        pass
+
+
+def _show(current: snap.Snapshot, as_json: bool, clear: bool) -> None:
+    if clear:
+        click.clear()
+    if as_json:
+        echo_json(current.as_dict())
+    else:
+        click.echo(render(current))
 
 
 @contextmanager
@@ -49,13 +56,6 @@ def _sources(url: str) -> Iterator[tuple[Admin, sa.Engine]]:
             yield admin, engine
     finally:
         engine.dispose()
-
-
-def _pause(seconds: float) -> None:
-    try:
-        time.sleep(seconds)
-    except KeyboardInterrupt:
-        raise SystemExit(0) from None
 
 
 def render(current: snap.Snapshot) -> str:

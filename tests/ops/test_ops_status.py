@@ -126,3 +126,24 @@ def test_unreachable_database_is_one_line_and_exit_1(cli):
 def test_bad_input_is_one_line(cli, args, complaint):
     result = cli("status", *args)
     assert complaint in one_line_error(result)
+
+
+def test_watch_repeats_until_interrupted(app_db, seeded):
+    import signal
+    import subprocess
+
+    from processes import BIN, process_env
+
+    # Given status watching every half second, as JSON lines
+    process = subprocess.Popen([str(BIN / "pgjobs"), "status", "--json", "--watch", "0.5"],
+                               env=process_env(app_db), stdout=subprocess.PIPE, text=True)
+    try:
+        # When two snapshots came out
+        first, second = process.stdout.readline(), process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGINT)
+
+    # Then each is a whole status object, and Ctrl-C ends the watch cleanly
+    assert json.loads(first).keys() == json.loads(second).keys() == {
+        "queues", "workers", "beat", "schedule"}
+    assert process.wait(timeout=30) == 0
