@@ -39,12 +39,16 @@ class QueueStats:
 
 @dataclass(frozen=True)
 class Consumer:
-    """A consumer row: one per consuming kombu connection (a worker, Flower...)."""
+    """A consumer row: one per consuming kombu connection (a worker, Flower...).
+
+    ``nodes`` are the remote-control nodes it serves (a Celery worker's node name, such as
+    ``celery@web-1``); empty for clients."""
 
     hostname: str
     pid: int
     started_at: datetime
     expires_in_s: float
+    nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,8 @@ class Admin:
         return [_stats(name, ready.get(name), counts, now) for name in sorted(names)]
 
     def consumers(self) -> list[Consumer]:
-        return [Consumer(*row) for row in self._rows("consumers")]
+        return [Consumer(*row[:4], nodes=tuple(name.rsplit(".", 2)[0] for name in row[4]))
+                for row in self._rows("consumers")]
 
     # -- dead letters -----------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 For orchestrators (Kubernetes liveness probes, systemd watchdogs, load-balancer checks):
 one line on stdout when healthy, one ``Error:`` line and exit 1 otherwise.
 
-- ``worker``: a consumer row with a running lease (its heartbeat is fresh) AND an answer
+- ``worker``: a worker's consumer row with a running lease (its heartbeat is fresh) AND an answer
   to Celery's ``ping`` within ``--timeout``. The heartbeat alone would pass a frozen
   worker whose lease has not lapsed yet; the ping alone says nothing about its broker
   connection.
@@ -33,14 +33,14 @@ def health() -> None:
               help="Seconds to wait for the ping's answer.")
 def worker(hostname: str | None, timeout: float) -> None:
     """A worker with a fresh heartbeat answers a ping within --timeout."""
-    host = _host_of(hostname)
+    _check_node_name(hostname)
     with admin() as api:
         live = snap.workers(api, settings().visibility_timeout)
-    fresh = [w for w in live if host is None or w.hostname == host]
+    fresh = [w for w in live if hostname is None or w.name == hostname]
     if not fresh:
-        raise click.ClickException(
-            f"no worker{' on ' + host if host else ''} has a fresh heartbeat: "
-            "start one with `celery -A config worker`")
+        who = f"worker {hostname}" if hostname else "any worker"
+        raise click.ClickException(f"no fresh heartbeat from {who}: is it running? "
+                                   "(see `pgjobs status`)")
     answered = _ping(hostname, timeout)
     if not answered:
         raise click.ClickException(
@@ -50,15 +50,14 @@ def worker(hostname: str | None, timeout: float) -> None:
     click.echo(f"healthy: {', '.join(sorted(answered))} answered; heartbeat {age:.1f}s ago")
 
 
-def _host_of(nodename: str | None) -> str | None:
+def _check_node_name(nodename: str | None) -> None:
     if nodename is None:
-        return None
+        return
     name, at, host = nodename.partition("@")
     if not at or not name or not host:
         raise click.ClickException(
             f"--hostname {nodename!r} is not a worker node name; expected NAME@HOST, "
             "e.g. celery@web-1 (see `pgjobs status`)")
-    return host
 
 
 def _ping(nodename: str | None, timeout: float) -> list[str]:

@@ -11,7 +11,8 @@ Metrics (all gauges):
   (``ready``, ``scheduled``, ``in_flight``, ``dead``).
 - ``pgjobs_queue_oldest_ready_age_seconds{queue}``: how long the longest-waiting ready
   message has been claimable (0 with none).
-- ``pgjobs_workers_live``: consumers whose heartbeat lease runs.
+- ``pgjobs_workers_live``: workers whose heartbeat lease runs (clients such as Flower
+  or ``celery inspect`` are not counted).
 - ``pgjobs_beat_leader{leader}``: 1 while a beat holds the leader lock, with its name;
   ``pgjobs_beat_last_pass_age_seconds``: since that leader's last pass.
 - ``pgjobs_beat_schedule_lag_seconds``: how overdue the most overdue schedule entry is
@@ -82,7 +83,7 @@ class DatabaseCollector(Collector):
     def _read(self) -> Iterator[Metric]:
         current = snap.take(self._admin, self._engine, self._visibility_timeout)
         yield from _queue_metrics(current)
-        workers = GaugeMetricFamily("pgjobs_workers_live", "Consumers whose lease runs")
+        workers = GaugeMetricFamily("pgjobs_workers_live", "Workers whose lease runs")
         workers.add_metric([], len(current.workers))
         yield workers
         yield from _beat_metrics(current)

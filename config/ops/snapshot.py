@@ -3,7 +3,8 @@
 The JSON shape (``Snapshot.as_dict``) is the documented output of ``pgjobs status --json``:
 
 - ``queues``: ``[{name, ready, scheduled, in_flight, dead, oldest_ready_age_s}]`` by name;
-- ``workers``: live consumers, ``[{hostname, pid, started_at, heartbeat_age_s}]``;
+- ``workers``: live workers, ``[{name, hostname, pid, started_at, heartbeat_age_s}]``
+  (``name`` is the node name, ``celery@web-1``);
 - ``beat``: ``{leader, last_pass_age_s, last_dispatch: {entry, at} | null}``, or null
   when no beat holds the leader lock (``last_pass_age_s`` is null when the leader's
   session activity is hidden from this role);
@@ -28,6 +29,7 @@ from config.ops.queries import QUERIES
 
 @dataclass(frozen=True)
 class Worker:
+    name: str
     hostname: str
     pid: int
     started_at: datetime
@@ -61,11 +63,13 @@ class Snapshot:
 
 
 def workers(admin: Admin, visibility_timeout: float) -> list[Worker]:
-    """Live consumers. Their heartbeat's age is read from the lease: a heartbeat sets it to
-    ``VISIBILITY_TIMEOUT`` ahead (workers run with the same setting as this command)."""
-    return [Worker(c.hostname, c.pid, c.started_at,
+    """Live workers: consumers serving a remote-control node, whose lease runs (clients
+    such as ``celery inspect`` or Flower are left out). The heartbeat's age is read from
+    the lease: a heartbeat sets it ``VISIBILITY_TIMEOUT`` ahead (workers run with the same
+    setting as this command)."""
+    return [Worker(node, c.hostname, c.pid, c.started_at,
                    round(max(0.0, visibility_timeout - c.expires_in_s), 3))
-            for c in admin.consumers() if c.expires_in_s > 0]
+            for c in admin.consumers() if c.expires_in_s > 0 for node in c.nodes]
 
 
 def beat(conn: psycopg.Connection) -> Beat | None:

@@ -80,7 +80,7 @@ def _workers(current: snap.Snapshot) -> list[str]:
     if not current.workers:
         return ["workers: none live"]
     return [f"workers: {len(current.workers)} live"] + [
-        f"  {w.hostname} pid {w.pid}, heartbeat {w.heartbeat_age_s:.1f}s ago"
+        f"  {w.name} (pid {w.pid}), heartbeat {w.heartbeat_age_s:.1f}s ago"
         for w in current.workers]
 
 

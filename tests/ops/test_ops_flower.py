@@ -22,7 +22,7 @@ def api(port: int, path: str) -> dict:
         return {}
 
 
-def test_flower_shows_workers_and_task_states(processes):
+def test_flower_shows_workers_and_task_states(processes, cli):
     from tasks import send_sign_in_email
 
     # Given a worker (events off: Flower turns them on) and Flower
@@ -46,3 +46,7 @@ def test_flower_shows_workers_and_task_states(processes):
                       and api(port, f"/api/task/info/{task_id}"), 60,
                       "Flower to see the task succeed", processes.logs)
     assert task["name"] == "tasks.send_sign_in_email" and task["worker"] == node
+
+    # ... while pgjobs status counts the worker only, not Flower's event consumer
+    workers = json.loads(cli("status", "--json").stdout)["workers"]
+    assert [worker["name"] for worker in workers] == [node]

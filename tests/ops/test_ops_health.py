@@ -27,7 +27,9 @@ def test_a_live_worker_is_healthy_and_a_frozen_one_is_not(cli, processes):
     assert healthy.stdout.startswith(f"healthy: {node} answered")
     assert cli("health", "worker", "--hostname", node).exit_code == 0
     # ... and the checks leave no consumer of their own behind to count as a worker
-    assert len(json.loads(cli("status", "--json").stdout)["workers"]) == 1
+    assert [w["name"] for w in json.loads(cli("status", "--json").stdout)["workers"]] == [node]
+    other = one_line_error(cli("health", "worker", "--hostname", f"other@{node.split('@')[1]}"))
+    assert "no fresh heartbeat from worker other@" in other
 
     # When it is frozen (its lease has not lapsed yet)
     os.kill(worker.popen.pid, signal.SIGSTOP)
@@ -41,7 +43,7 @@ def test_a_live_worker_is_healthy_and_a_frozen_one_is_not(cli, processes):
 
 
 def test_no_worker_is_unhealthy(cli):
-    assert "no worker has a fresh heartbeat" in one_line_error(cli("health", "worker"))
+    assert "no fresh heartbeat from any worker" in one_line_error(cli("health", "worker"))
 
 
 @pytest.mark.parametrize(("args", "complaint"), [

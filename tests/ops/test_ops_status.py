@@ -14,16 +14,21 @@ from beat.schedule import sync_default_entries
 
 SEED = """
 INSERT INTO pgjobs_broker_queue (name) VALUES ('idle');
-INSERT INTO pgjobs_broker_queue (name, auto_delete) VALUES ('w1@host.celery.pidbox', true);
 INSERT INTO pgjobs_broker_consumer (id, hostname, pid, expires_at) VALUES
   (%(live)s, 'host-a', 101, now() + interval '50 seconds'),
-  (%(gone)s, 'host-b', 102, now() - interval '1 second');
+  (%(gone)s, 'host-b', 102, now() - interval '1 second'),
+  (%(client)s, 'host-c', 103, now() + interval '50 seconds');
+INSERT INTO pgjobs_broker_queue (name, auto_delete, owner) VALUES
+  ('w1@host-a.celery.pidbox', true, %(live)s),
+  ('w2@host-b.celery.pidbox', true, %(gone)s),
+  ('f00d.reply.celery.pidbox', true, %(client)s),
+  ('celeryev.f00d', true, %(client)s);
 INSERT INTO pgjobs_broker_message (queue, visible_at, payload)
   SELECT 'mail', now() - interval '30 seconds', '{}' FROM generate_series(1, 3);
 INSERT INTO pgjobs_broker_message (queue, visible_at, delayed, payload)
   SELECT 'mail', now() + interval '1 hour', true, '{}' FROM generate_series(1, 2);
 INSERT INTO pgjobs_broker_message (queue, consumer, payload) VALUES ('mail', %(live)s, '{}');
-INSERT INTO pgjobs_broker_message (queue, payload) VALUES ('w1@host.celery.pidbox', '{}');
+INSERT INTO pgjobs_broker_message (queue, payload) VALUES ('w1@host-a.celery.pidbox', '{}');
 INSERT INTO pgjobs_broker_dead_letter (id, queue, priority, deliveries, payload, reason,
                                        created_at)
   VALUES (1, 'reports', 0, 1, '{}', 'rejected', now());
@@ -32,7 +37,7 @@ INSERT INTO pgjobs_broker_dead_letter (id, queue, priority, deliveries, payload,
 
 @pytest.fixture
 def seeded(sql):
-    ids = {"live": uuid.uuid4(), "gone": uuid.uuid4()}
+    ids = {"live": uuid.uuid4(), "gone": uuid.uuid4(), "client": uuid.uuid4()}
     for statement in filter(str.strip, SEED.split(";")):
         sql(statement, ids)
 
@@ -60,11 +65,12 @@ def test_json_counts_each_queue_by_state(cli, seeded):
 
 
 def test_json_lists_live_workers_only(cli, seeded):
-    # When status is asked for, Then only the consumer whose lease runs is listed, with
-    # the age of its last heartbeat (a heartbeat sets the lease 60 s ahead)
+    # When status is asked for, Then only the worker whose lease runs is listed (not the
+    # lapsed one, not a client), with the age of its last heartbeat (a heartbeat sets the
+    # lease 60 s ahead)
     [worker] = status_json(cli)["workers"]
-    assert set(worker) == {"hostname", "pid", "started_at", "heartbeat_age_s"}
-    assert (worker["hostname"], worker["pid"]) == ("host-a", 101)
+    assert set(worker) == {"name", "hostname", "pid", "started_at", "heartbeat_age_s"}
+    assert (worker["name"], worker["hostname"], worker["pid"]) == ("w1@host-a", "host-a", 101)
     assert 10 <= worker["heartbeat_age_s"] < 60
 
 
@@ -101,6 +107,7 @@ def test_text_shows_the_queue_table_and_no_leader(cli, seeded):
     assert any(line.split()[:5] == ["mail", "3", "2", "1", "0"] for line in lines)
     assert "beat: no leader" in lines
     assert "workers: 1 live" in lines
+    assert any(line.startswith("  w1@host-a (pid 101), heartbeat") for line in lines)
 
 
 def test_an_empty_database_says_so(cli):
