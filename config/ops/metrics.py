@@ -22,6 +22,9 @@ Metrics (all gauges):
   results table is the record every worker already writes, so this needs no agent in
   the workers and survives their restarts; it counts what the table holds, so results
   deleted by retention, or tasks with ``ignore_result``, are not counted.
+
+With ``--events`` (the default), task outcome counters and a run-time histogram from the
+workers' events too: see :mod:`config.ops.task_events`.
 """
 
 from __future__ import annotations
@@ -136,11 +139,15 @@ def _beat_metrics(current: snap.Snapshot) -> Iterator[Metric]:
 @click.option("--results-window", "results_window", type=click.FloatRange(min=1),
               default=3600.0, show_default=True,
               help="Seconds of finished tasks counted in pgjobs_task_results.")
-def metrics(port: int, address: str, results_window: float) -> None:
+@click.option("--events/--no-events", default=True, show_default=True,
+              help="Count task outcomes and run times from the workers' events.")
+def metrics(port: int, address: str, results_window: float, events: bool) -> None:
     """Serve Prometheus metrics on http://ADDRESS:PORT/metrics until interrupted."""
     collector = DatabaseCollector(database_url(), settings().visibility_timeout, results_window)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    if events:
+        _count_task_events(registry)
     try:
         server, thread = start_http_server(port, address, registry=registry)
     except OSError as error:
@@ -155,3 +162,10 @@ def metrics(port: int, address: str, results_window: float) -> None:
     finally:
         server.shutdown()
         collector.close()
+
+
+def _count_task_events(registry: CollectorRegistry) -> None:
+    from config.celery import app
+    from config.ops.task_events import TaskEvents
+
+    TaskEvents(app, registry).start()

@@ -82,3 +82,29 @@ def test_a_port_in_use_is_one_line(cli, processes):
     serve(processes, port)
     line = one_line_error(cli("metrics", "--port", str(port), "--address", "127.0.0.1"))
     assert f"cannot serve metrics on 127.0.0.1:{port}" in line
+
+
+def test_task_outcomes_and_run_times_come_from_worker_events(processes):
+    from tasks import send_sign_in_email
+
+    # Given a worker (events off) and the metrics server, which turns its events on
+    worker = processes.worker("measured")
+    port = free_port()
+    serve(processes, port)
+    wait_until(lambda: "Events of group {task} enabled by remote" in worker.text(), 60,
+               "the metrics server to turn the worker's events on", processes.logs)
+
+    # When one task succeeds and one fails
+    send_sign_in_email.apply_async(kwargs={"email": "ada@example.com", "name": "A", "code": "1"})
+    send_sign_in_email.apply_async(kwargs={"email": "no-address", "name": "A", "code": "1"})
+
+    # Then each outcome is counted once, and the run time of the success is observed
+    task = (("task", "tasks.send_sign_in_email"),)
+    counted = wait_until(
+        lambda: (samples := scrape(port)).get(
+            ("pgjobs_task_events_total", (("event", "failed"), *task))) and samples, 60,
+        "the failure to be counted", processes.logs)
+    assert counted[("pgjobs_task_events_total", (("event", "succeeded"), *task))] == 1
+    assert counted[("pgjobs_task_events_total", (("event", "failed"), *task))] == 1
+    assert counted[("pgjobs_task_runtime_seconds_count", task)] == 1
+    assert counted[("pgjobs_task_runtime_seconds_sum", task)] > 0
