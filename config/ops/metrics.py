@@ -146,13 +146,13 @@ def metrics(port: int, address: str, results_window: float, events: bool) -> Non
     collector = DatabaseCollector(database_url(), settings().visibility_timeout, results_window)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    if events:
-        _count_task_events(registry)
     try:
         server, thread = start_http_server(port, address, registry=registry)
     except OSError as error:
         raise click.ClickException(f"cannot serve metrics on {address}:{port} ({error.strerror}"
                                    "); choose another --port or --address") from None
+    if events:
+        _count_task_events(registry)
     click.echo(f"pgjobs: serving metrics on http://{address}:{port}/metrics")
     try:
         while thread.is_alive():

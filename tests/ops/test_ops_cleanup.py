@@ -6,7 +6,7 @@ import os
 import pty
 import subprocess
 
-from conftest import one_line_error
+from ops_helpers import one_line_error
 from processes import BIN, process_env
 
 OLD_DEAD_LETTERS = (

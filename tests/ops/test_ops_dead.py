@@ -7,8 +7,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import one_line_error
 from kombu import Connection, Consumer, Queue
+from ops_helpers import one_line_error
 
 TRANSPORT = "broker.transport:Transport"
 OPTIONS = {"polling_interval": 0.2, "visibility_timeout": 2, "heartbeat_interval": 0.2}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import one_line_error
+from ops_helpers import one_line_error
 
 from tests.polling import wait_until
 

@@ -8,7 +8,7 @@ import os
 import signal
 
 import pytest
-from conftest import one_line_error
+from ops_helpers import one_line_error
 from processes import BIN, nodename
 
 from tests.polling import wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from conftest import one_line_error
+from ops_helpers import one_line_error
 from processes import BIN
 from prometheus_client.parser import text_string_to_metric_families
 

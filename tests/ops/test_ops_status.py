@@ -7,7 +7,7 @@ import uuid
 
 import psycopg
 import pytest
-from conftest import one_line_error
+from ops_helpers import one_line_error
 
 from beat.leadership import LOCK_KEYS
 from beat.schedule import sync_default_entries
