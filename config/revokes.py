@@ -13,7 +13,9 @@ when a task was revoked, or started later, or every worker after a restart, woul
   ``RELOAD_SECONDS`` all of them again, because Celery forgets a revoke after
   ``REVOKE_EXPIRES`` (3 h) and an ETA can lie further ahead.
 
-Rows are deleted by ``delete_old_data`` after ``REVOKE_RETENTION_DAYS``.
+Rows are deleted by ``delete_old_data`` after ``REVOKE_RETENTION_DAYS``. A worker holds at
+most ``CELERY_WORKER_REVOKES_MAX`` (50,000) revokes in memory, the newest ones. Revokes by
+stamped header (``revoke_by_stamped_headers``) stay in memory only, as in Celery.
 """
 
 from __future__ import annotations
