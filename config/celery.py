@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Celery, signals
 
+import broker  # noqa: F401 - registers the postgresql:// transport alias with kombu
 from config.celeryconfig import celery_config
 from config.checks import check_database
 from config.settings import SettingsError, get_settings
@@ -15,8 +16,11 @@ from config.settings import SettingsError, get_settings
 
 def create_app() -> Celery:
     """Build the pgjobs Celery app from the process settings."""
-    celery_app = Celery("pgjobs", include=["tasks"])
+    celery_app = Celery("pgjobs", include=["tasks"], control="config.revokes:Control")
     celery_app.conf.update(celery_config(get_settings()))
+    # Operations: durable revokes, and `inspect scheduled` reading PostgreSQL.
+    from config.ops.inspect import install as install_ops
+    install_ops(celery_app)
     return celery_app
 
 

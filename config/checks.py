@@ -17,7 +17,11 @@ def check_database(url: str) -> None:
         with psycopg.connect(with_connect_timeout(url)) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
-        raise SettingsError(
-            f"DATABASE_URL: cannot connect to {redact(url)} ({one_line(error)}); "
-            f"{advice(error) or 'check DATABASE_URL'}"
-        ) from None
+        raise SettingsError(unreachable(url, error)) from None
+
+
+def unreachable(url: str, error: BaseException) -> str:
+    """The one line naming DATABASE_URL (password masked), why it cannot be reached, and what
+    can fix it."""
+    return (f"DATABASE_URL: cannot connect to {redact(url)} ({one_line(error)}); "
+            f"{advice(error) or 'check DATABASE_URL'}")

@@ -76,3 +76,8 @@ def dev(concurrency: int, no_beat: bool) -> None:
 
 
 main.add_command(schedule)
+
+# Operator commands (config/ops/).
+from config.ops.commands import register as _register_ops  # noqa: E402
+
+_register_ops(main)

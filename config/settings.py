@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     """SENT_EMAIL_RETENTION_DAYS: days the sent-email log is kept (default 30; 0.01 to
     36500)."""
 
+    dead_letter_retention_days: float = Field(default=14, gt=0)
+    """DEAD_LETTER_RETENTION_DAYS: days a dead letter is kept before the nightly clean-up
+    deletes it (default 14)."""
+
+    revoke_retention_days: float = Field(default=30, gt=0)
+    """REVOKE_RETENTION_DAYS: days a revoked task id is remembered (default 30); a task
+    revoked longer ago whose ETA is still ahead would run."""
+
     retention_tables: Annotated[list[RetentionRule], NoDecode] = Field(default_factory=list)
     """RETENTION_TABLES: JSON list of extra rules for the nightly clean-up, e.g.
     ``[{"table": "sessions", "column": "created_at", "max_age_days": 90}]`` (default none;

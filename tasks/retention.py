@@ -15,7 +15,7 @@ from the database clock, read once per run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -60,12 +60,16 @@ class Target:
 
 
 def rules_from(settings: Settings) -> list[Rule]:
-    """The built-in rules (results, group results, sent-email log), then RETENTION_TABLES."""
+    """The built-in rules (results, group results, sent-email log, dead letters, revokes),
+    then RETENTION_TABLES."""
     results, emails = settings.result_retention_days, settings.sent_email_retention_days
     built_in = [
         Rule("celery_taskmeta", "date_done", results, BUILT_IN),
         Rule("celery_tasksetmeta", "date_done", results, BUILT_IN),
         Rule("pgjobs_sent_email", "sent_at", emails, BUILT_IN),
+        Rule("pgjobs_broker_dead_letter", "died_at", settings.dead_letter_retention_days,
+             BUILT_IN),
+        Rule("pgjobs_revoked_task", "revoked_at", settings.revoke_retention_days, BUILT_IN),
     ]
     return built_in + [_configured(rule) for rule in settings.retention_tables]
 
@@ -149,13 +153,15 @@ def _render(connection: Connection, statement: sql.Composed) -> str:
     return statement.as_string(connection.connection.driver_connection)
 
 
-def apply_rules(engine: Engine, rules: list[Rule], batch: int, dry_run: bool) -> dict[str, int]:
-    """Check all rules, then count (dry run) or delete expired rows; rows per table."""
+def apply_rules(engine: Engine, rules: list[Rule], batch: int, dry_run: bool,
+                each: Callable[[list[Target]], Iterable[Target]] = iter) -> dict[str, int]:
+    """Check all rules, then count (dry run) or delete expired rows; rows per table.
+    ``each`` walks the checked targets (a progress bar may wrap them)."""
     with engine.connect() as connection:
         targets = resolve(connection, rules)
         now = database_now(connection)
     counts: dict[str, int] = {}
-    for target in targets:
+    for target in each(targets):
         cutoff = cutoff_for(target, now)
         if dry_run:
             done = count_expired(engine, target, cutoff)

@@ -42,10 +42,19 @@ INSERT INTO pgjobs_sent_email (task_id, recipient, subject, sent_at)
   SELECT 'old-' || n, 'a@example.com', 's', now() - interval '25 hours'
   FROM generate_series(1, 3) AS n
   UNION ALL SELECT 'new-1', 'a@example.com', 's', now() - interval '23 hours';
+INSERT INTO pgjobs_broker_dead_letter
+  (id, queue, priority, deliveries, payload, reason, created_at, died_at)
+  SELECT n, 'q', 0, 1, '{}', 'test', now() - interval '30 hours',
+         now() - CASE WHEN n <= 4 THEN interval '25 hours' ELSE interval '23 hours' END
+  FROM generate_series(1, 6) AS n;
+INSERT INTO pgjobs_revoked_task (task_id, revoked_at)
+  VALUES ('old-revoke', now() - interval '25 hours'), ('new-revoke', now() - interval '23 hours');
 """
 EXPIRED = {"celery_taskmeta": 5, "celery_tasksetmeta": 1, "pgjobs_sent_email": 3,
+           "pgjobs_broker_dead_letter": 4, "pgjobs_revoked_task": 1,
            "user_sessions": 5, "daily_reports": 1}
 TOTALS = {"celery_taskmeta": 7, "celery_tasksetmeta": 1, "pgjobs_sent_email": 4,
+          "pgjobs_broker_dead_letter": 6, "pgjobs_revoked_task": 2,
           "user_sessions": 7, "daily_reports": 2}
 
 
@@ -64,6 +73,7 @@ def seeded(app_db: str, settings_env) -> str:
     with psycopg.connect(app_db) as conn:
         conn.execute(SEED)
     settings_env(RESULT_RETENTION_DAYS="1", SENT_EMAIL_RETENTION_DAYS="1",
+                 DEAD_LETTER_RETENTION_DAYS="1", REVOKE_RETENTION_DAYS="1",
                  RETENTION_BATCH_SIZE="2", RETENTION_TABLES=json.dumps(RULES))
     assert row_counts(app_db) == TOTALS
     return app_db
