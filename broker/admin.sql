@@ -36,15 +36,15 @@ SELECT name FROM pgjobs_broker_queue WHERE auto_delete;
 
 -- name: consumers
 -- Consumers, oldest first; seconds until their lease lapses (negative: lapsed); the kombu
--- remote-control (pidbox) queues they own, replies excluded: '<node>.<mailbox>.pidbox'
+-- remote-control (pidbox) queues they consume, replies excluded: '<node>.<mailbox>.pidbox'
 -- names a Celery worker's node ('celery@web-1.celery.pidbox'). Clients (inspect, Flower's
--- event receiver) own only reply and event queues.
+-- event receiver) consume only reply and event queues.
 SELECT c.hostname, c.pid, c.started_at,
        EXTRACT(EPOCH FROM c.expires_at - statement_timestamp())::float8 AS expires_in_s,
-       ARRAY(SELECT q.name FROM pgjobs_broker_queue q
-             WHERE q.owner = c.id AND q.name LIKE '%%.pidbox'
-               AND q.name NOT LIKE '%%.reply.%%'
-             ORDER BY q.name) AS mailboxes
+       ARRAY(SELECT s.queue FROM pgjobs_broker_subscription s
+             WHERE s.consumer = c.id AND s.queue LIKE '%%.pidbox'
+               AND s.queue NOT LIKE '%%.reply.%%'
+             ORDER BY s.queue) AS mailboxes
 FROM pgjobs_broker_consumer c
 ORDER BY c.started_at, c.hostname, c.pid;
 

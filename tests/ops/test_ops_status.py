@@ -18,11 +18,14 @@ INSERT INTO pgjobs_broker_consumer (id, hostname, pid, expires_at) VALUES
   (%(live)s, 'host-a', 101, now() + interval '50 seconds'),
   (%(gone)s, 'host-b', 102, now() - interval '1 second'),
   (%(client)s, 'host-c', 103, now() + interval '50 seconds');
-INSERT INTO pgjobs_broker_queue (name, auto_delete, owner) VALUES
-  ('w1@host-a.celery.pidbox', true, %(live)s),
-  ('w2@host-b.celery.pidbox', true, %(gone)s),
-  ('f00d.reply.celery.pidbox', true, %(client)s),
-  ('celeryev.f00d', true, %(client)s);
+INSERT INTO pgjobs_broker_queue (name, auto_delete) VALUES
+  ('w1@host-a.celery.pidbox', true), ('w2@host-b.celery.pidbox', true),
+  ('f00d.reply.celery.pidbox', true), ('celeryev.f00d', true);
+INSERT INTO pgjobs_broker_subscription (queue, consumer) VALUES
+  ('w1@host-a.celery.pidbox', %(live)s),
+  ('w2@host-b.celery.pidbox', %(gone)s),
+  ('f00d.reply.celery.pidbox', %(client)s),
+  ('celeryev.f00d', %(client)s);
 INSERT INTO pgjobs_broker_message (queue, visible_at, payload)
   SELECT 'mail', now() - interval '30 seconds', '{}' FROM generate_series(1, 3);
 INSERT INTO pgjobs_broker_message (queue, visible_at, delayed, payload)
@@ -121,7 +124,7 @@ def test_unreachable_database_is_one_line_and_exit_1(cli):
     result = cli("status", env={"DATABASE_URL": "postgresql://u:secret@127.0.0.1:1/db"})
     line = one_line_error(result)
     assert result.exit_code == 1
-    assert "cannot connect to postgresql://u:***@127.0.0.1:1/db" in line
+    assert "cannot connect to postgresql://u:**@127.0.0.1:1/db" in line
     assert "secret" not in line
 
 
