@@ -17,31 +17,66 @@ DAY = 86400.0
 
 
 @dataclass(frozen=True)
-class Spec:
-    default: float | None
+class Range:
+    """A closed range of finite numbers; ``integer`` ones must be whole. Also what pgjobs'
+    own settings are checked with."""
+
     low: float
     high: float
+    unit: str = ""
     integer: bool = False
+    note: str = ""
+
+    def check(self, value: object) -> float | int:
+        """``value`` (a number or its text) as a number in range; ValueError saying
+        "must be ..., got ..." otherwise."""
+        number = _finite(value)
+        if number is None or not self.low <= number <= self.high or (
+                self.integer and not number.is_integer()):
+            raise ValueError(f"must be {self.describe()}, got {value!r}")
+        return int(number) if self.integer else number
+
+    def describe(self) -> str:
+        kind = "a whole number" if self.integer else "a number"
+        unit = f" of {self.unit}" if self.unit else ""
+        note = f" ({self.note})" if self.note else ""
+        return f"{kind}{unit} from {self.low:g} to {self.high:g}{note}"
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass(frozen=True)
+class Spec:
+    default: float | None
+    range: Range
 
 
 SPECS: dict[str, Spec] = {
     # Seconds after a consumer's last heartbeat before its messages return to their queue.
-    "visibility_timeout": Spec(60.0, 1.0, DAY),
+    "visibility_timeout": Spec(60.0, Range(1.0, DAY)),
     # Seconds between heartbeats; None: min(5, visibility_timeout / 4).
-    "heartbeat_interval": Spec(None, 0.1, DAY / 2),
+    "heartbeat_interval": Spec(None, Range(0.1, DAY / 2)),
     # Seconds between safety-net claims when no notification arrives.
-    "polling_interval": Spec(1.0, 0.01, 3600.0),
+    "polling_interval": Spec(1.0, Range(0.01, 3600.0)),
     # Seconds before its ETA that a delayed message becomes claimable.
-    "eta_lookahead": Spec(2.0, 0.01, 3600.0),
+    "eta_lookahead": Spec(2.0, Range(0.01, 3600.0)),
     # Most messages claimed at once by a consumer without a prefetch limit.
-    "claim_batch_size": Spec(100, 1, 10000, integer=True),
+    "claim_batch_size": Spec(100, Range(1, 10000, integer=True)),
     # Seconds to wait for PostgreSQL when (re)connecting.
-    "connect_timeout": Spec(5.0, 1.0, 300.0),
+    "connect_timeout": Spec(5.0, Range(1.0, 300.0)),
     # Seconds of silence from the server after which a connection counts as dead (TCP
     # keepalives, tcp_user_timeout), and longest a claim may run.
-    "fault_timeout": Spec(10.0, 2.0, 600.0),
+    "fault_timeout": Spec(10.0, Range(2.0, 600.0)),
     # Deliveries without an ack before a message goes to the dead-letter table; None: no limit.
-    "max_deliveries": Spec(None, 1, 1_000_000, integer=True),
+    "max_deliveries": Spec(None, Range(1, 1_000_000, integer=True)),
 }
 
 
@@ -77,15 +112,9 @@ def _number(name: str, value: Any, spec: Spec) -> float | int | None:
     if value is None:
         return spec.default
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or not (
-            spec.low <= number <= spec.high) or (spec.integer and not number.is_integer()):
-        kind = "a whole number" if spec.integer else "a number"
-        raise ValueError(f"broker transport option {name} must be {kind} from {spec.low:g} to "
-                         f"{spec.high:g}, got {value!r}")
-    return int(number) if spec.integer else number
+        return spec.range.check(value)
+    except ValueError as error:
+        raise ValueError(f"broker transport option {name} {error}") from None
 
 
 def _synchronous_commit(raw: dict[str, Any]) -> str | None:

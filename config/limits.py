@@ -6,59 +6,25 @@ range or form, and the value given (none of these values is a secret).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from email.headerregistry import HeaderRegistry
 
 from email_validator import EmailNotValidError, validate_email
 
-
-@dataclass(frozen=True)
-class Limit:
-    """A closed range of finite numbers; ``integer`` ones must be whole."""
-
-    low: float
-    high: float
-    unit: str
-    integer: bool = False
-    note: str = ""
-
-    def check(self, value: object) -> float:
-        """``value`` (a number or its text) as a number in range; ValueError otherwise."""
-        number = self._number(value)
-        if number is None or not math.isfinite(number) or not self.low <= number <= self.high \
-                or (self.integer and not number.is_integer()):
-            raise ValueError(f"must be {self.describe()}, got {value!r}")
-        return int(number) if self.integer else number
-
-    def describe(self) -> str:
-        kind = "a whole number of" if self.integer else "a number of"
-        note = f" ({self.note})" if self.note else ""
-        return f"{kind} {self.unit} from {self.low:g} to {self.high:g}{note}"
-
-    @staticmethod
-    def _number(value: object) -> float | None:
-        if isinstance(value, bool):
-            return None
-        try:
-            return float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return None
-
+from broker.options import Range
 
 # Retention below a quarter of an hour would delete results before clients read them; ten
 # thousand years overflows date arithmetic long before it helps anyone.
-_DAYS = Limit(0.01, 36500, "days")
+_DAYS = Range(0.01, 36500, "days")
 
-LIMITS: dict[str, Limit] = {
+LIMITS: dict[str, Range] = {
     # Below 1 s the heartbeat (a quarter of it) floods the database and the log; above a
     # day, a dead worker's tasks wait longer than anyone would.
-    "visibility_timeout": Limit(1, 86400, "seconds", note="1 day"),
+    "visibility_timeout": Range(1, 86400, "seconds", note="1 day"),
     "result_retention_days": _DAYS,
     "sent_email_retention_days": _DAYS,
     "max_age_days": _DAYS,
     # Each batch is one transaction: huge ones hold locks and dead rows for long.
-    "retention_batch_size": Limit(1, 100_000, "rows", integer=True),
+    "retention_batch_size": Range(1, 100_000, "rows", integer=True),
 }
 
 _HEADERS = HeaderRegistry()
