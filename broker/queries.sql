@@ -285,3 +285,12 @@ SELECT set_config('statement_timeout', %(timeout)s, true);
 
 -- name: listener_alive
 SELECT 1;
+
+-- name: begin
+BEGIN;
+
+-- name: commit
+COMMIT;
+
+-- name: rollback
+ROLLBACK;

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 
 from broker import context
 from broker.messages import Claimed, encode, priority_of, visible_at
@@ -160,14 +161,33 @@ class Store:
         round trip, one transaction, bounded by the statement timeout."""
         params = {"consumer": consumer, "queues": list(queues), "limit": limit, "now": now}
         conn = self.connect()
-        with conn.pipeline(), conn.transaction():
-            conn.execute(query("local_statement_timeout"), {"timeout": self._claim_timeout})
-            if acks:
-                conn.execute(query("ack"), {"ids": list(acks), "consumer": consumer})
-            claimed = conn.execute(query("claim"), params)
+        try:
+            # BEGIN and COMMIT as statements, not conn.transaction(): the whole transaction
+            # then travels in one round trip, as a claim without a timeout would.
+            with conn.pipeline():
+                conn.execute(query("begin"))
+                conn.execute(query("local_statement_timeout"), {"timeout": self._claim_timeout})
+                if acks:
+                    conn.execute(query("ack"), {"ids": list(acks), "consumer": consumer})
+                claimed = conn.execute(query("claim"), params)
+                conn.execute(query("commit"))
+        except psycopg.Error:
+            self._abandon_transaction(conn)
+            raise
         rows = claimed.fetchall()
         rows.sort(key=lambda row: (row[4], -row[5], row[0]))
         return [Claimed(id=r[0], queue=r[1], deliveries=r[2], payload=r[3]) for r in rows]
+
+    @staticmethod
+    def _abandon_transaction(conn: psycopg.Connection) -> None:
+        """After a failed statement, roll back the transaction it left open (the pipeline
+        skipped its COMMIT), so the session is usable again."""
+        if conn.closed or conn.info.transaction_status != TransactionStatus.INERROR:
+            return
+        try:
+            conn.execute(query("rollback"))
+        except psycopg.Error:
+            conn.close()
 
     def promote(self, now: datetime | None = None, limit: int = 1000) -> int:
         """Make delayed (ETA) messages that are due claimable; returns how many."""

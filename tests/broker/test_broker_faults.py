@@ -11,6 +11,7 @@ from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, sql
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
+from broker.consumer import LeaseExpired
 from broker.messages import wake_channel
 
 
@@ -198,3 +199,22 @@ def test_acks_that_could_not_be_sent_are_sent_when_the_channel_closes(
         assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_message") == [(0,)]
     finally:
         hub.close()
+
+
+def test_a_consumer_rescued_away_raises_a_connection_error_and_its_session_stays_usable(
+        db_url: str, conns: list[Connection]) -> None:
+    # given a consumer whose row a rescuer deleted (its heartbeat lapsed)
+    conn = connect(db_url, conns)
+    queue = Queue("lapsed")
+    queue(conn.default_channel).declare()
+    assert conn.transport.claim(["lapsed"], 1) == []
+    sql(db_url, "DELETE FROM pgjobs_broker_consumer")
+    # when it next claims, with a message waiting
+    conn.Producer().publish({"n": 1}, routing_key="lapsed")
+    # then it raises a connection error, so that its client drops what it prefetched ...
+    with pytest.raises(conn.connection_errors) as raised:
+        conn.transport.claim(["lapsed"], 1)
+    assert isinstance(raised.value, LeaseExpired)
+    # ... and the failed claim's transaction is gone: the same session works on
+    session = conn.transport.store.connect()
+    assert session.execute("SELECT 1").fetchone() == (1,)
