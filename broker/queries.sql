@@ -294,3 +294,14 @@ COMMIT;
 
 -- name: rollback
 ROLLBACK;
+
+-- name: autovacuum_off
+-- Why the message table will not be vacuumed automatically, or NULL when it will be.
+SELECT CASE
+    WHEN NOT current_setting('autovacuum')::bool
+        THEN 'the server runs with autovacuum = off'
+    WHEN 'autovacuum_enabled=false' = ANY(COALESCE(
+            (SELECT reloptions FROM pg_class WHERE oid = 'pgjobs_broker_message'::regclass),
+            '{}'))
+        THEN 'pgjobs_broker_message has autovacuum_enabled = false'
+END;

@@ -15,8 +15,8 @@ TABLES = (
 """The tables of ``schema.sql``, in an order safe to drop."""
 
 
-STEPS = ("schema.sql", "schema_subscriptions.sql")
-"""The DDL files, in the order they apply (pgjobs runs them as migrations 0002 and 0004)."""
+STEPS = ("schema.sql", "schema_subscriptions.sql", "schema_vacuum.sql")
+"""The DDL files, in the order they apply (pgjobs runs them as migrations 0002, 0004, 0008)."""
 
 
 def statements(step: str = "schema.sql") -> list[str]:

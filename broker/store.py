@@ -92,6 +92,10 @@ class Store:
         except psycopg.Error:
             pass
 
+    def autovacuum_off(self) -> str | None:
+        """Why the message table will not be vacuumed automatically, or None."""
+        return self._one("autovacuum_off", {})[0]
+
     def check_schema(self) -> None:
         if not self._one("schema_present", {})[0]:
             raise SchemaMissing(

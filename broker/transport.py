@@ -339,7 +339,25 @@ class Transport(virtual.Transport):
     # -- Celery's event loop ----------------------------------------------------------------
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Consume inside Celery's event loop (a worker, not a client such as ``inspect``)."""
         self.loop.bind(loop)
+        with self.outage.survive():
+            _warn_once_if_unvacuumed(self.store)
+
+
+_VACUUM_CHECKED: set[int] = set()
+
+
+def _warn_once_if_unvacuumed(store: Store) -> None:
+    """One warning per process when the queue tables will not be vacuumed: every claim and
+    ack leaves a dead row, and claims slow down as they pile up."""
+    if os.getpid() in _VACUUM_CHECKED:
+        return
+    _VACUUM_CHECKED.add(os.getpid())
+    reason = store.autovacuum_off()
+    if reason:
+        logger.warning("pgjobs broker: %s; the queue tables fill with dead rows and claims slow "
+                       "down unless something else vacuums them", reason)
 
 
 def _conninfo(client: Any) -> str:

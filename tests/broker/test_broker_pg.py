@@ -19,8 +19,10 @@ from broker_helpers import (
     sql,
 )
 from kombu import Connection, Consumer, Exchange, Queue
+from kombu.asynchronous import Hub
 from kombu.exceptions import OperationalError
 
+from broker import transport as transport_module
 from tests.polling import wait_until
 
 
@@ -396,3 +398,31 @@ def test_a_database_without_the_broker_tables_says_how_to_fix_it(db_url: str) ->
             conn.ensure_connection(max_retries=0)
     finally:
         conn.release()
+
+
+def test_the_queue_tables_are_vacuumed_after_a_fixed_number_of_dead_rows(db_url: str) -> None:
+    # the migrations give the busiest tables vacuum settings that do not grow with their size
+    options = dict(sql(db_url, "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                               "('pgjobs_broker_message', 'pgjobs_broker_consumer')"))
+    assert "autovacuum_vacuum_scale_factor=0" in options["pgjobs_broker_message"]
+    assert "autovacuum_vacuum_threshold=5000" in options["pgjobs_broker_message"]
+    assert "autovacuum_vacuum_scale_factor=0" in options["pgjobs_broker_consumer"]
+
+
+def test_a_worker_warns_once_when_its_queue_table_is_not_vacuumed(
+        db_url: str, connect: Connect, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a message table that autovacuum skips, and a process that has not checked yet
+    sql(db_url, "ALTER TABLE pgjobs_broker_message SET (autovacuum_enabled = false)")
+    monkeypatch.setattr(transport_module, "_VACUUM_CHECKED", set())
+    # when two consumers join an event loop, as a worker's do
+    for _ in range(2):
+        hub = Hub()
+        try:
+            connect().transport.register_with_event_loop(None, hub)
+        finally:
+            hub.close()
+    # then one warning says why claims will slow down
+    warnings = [r.getMessage() for r in caplog.records if "dead rows" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "autovacuum_enabled = false" in warnings[0]
