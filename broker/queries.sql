@@ -205,11 +205,24 @@ SELECT id, queue, priority, deliveries, payload, %(reason)s, created_at FROM mov
 ON CONFLICT (id) DO NOTHING;
 
 -- name: size
--- Messages waiting in a queue (held ones excluded, delayed ETA ones included).
-SELECT count(*) FROM pgjobs_broker_message WHERE queue = %(queue)s AND consumer IS NULL;
+-- Messages waiting in a queue (held ones excluded, delayed ETA ones included), counted
+-- through the two partial indexes that hold them (delayed rows are never held), so the cost
+-- follows this queue's size, not the table's.
+SELECT
+    (SELECT count(*) FROM pgjobs_broker_message
+     WHERE queue = %(queue)s AND consumer IS NULL AND NOT delayed)
+  + (SELECT count(*) FROM pgjobs_broker_message WHERE queue = %(queue)s AND delayed);
 
 -- name: purge
-DELETE FROM pgjobs_broker_message WHERE queue = %(queue)s AND consumer IS NULL;
+-- Delete the waiting messages of a queue (as counted by size); returns how many.
+WITH ready_gone AS (
+    DELETE FROM pgjobs_broker_message
+    WHERE queue = %(queue)s AND consumer IS NULL AND NOT delayed
+    RETURNING 1
+), delayed_gone AS (
+    DELETE FROM pgjobs_broker_message WHERE queue = %(queue)s AND delayed RETURNING 1
+)
+SELECT (SELECT count(*) FROM ready_gone) + (SELECT count(*) FROM delayed_gone);
 
 -- name: queue_declare
 -- Declaring a queue again counts as using it: an expiring queue's idle time starts over.
@@ -218,8 +231,14 @@ VALUES (%(queue)s, %(auto_delete)s, make_interval(secs => %(expires)s))
 ON CONFLICT (name) DO UPDATE SET idle_since = statement_timestamp();
 
 -- name: queue_exists
+-- A declared queue, or one that messages were routed to: each probe follows an index (held
+-- messages are few: at most every consumer's prefetch window).
 SELECT EXISTS (SELECT 1 FROM pgjobs_broker_queue WHERE name = %(queue)s)
-    OR EXISTS (SELECT 1 FROM pgjobs_broker_message WHERE queue = %(queue)s);
+    OR EXISTS (SELECT 1 FROM pgjobs_broker_message
+               WHERE queue = %(queue)s AND consumer IS NULL AND NOT delayed)
+    OR EXISTS (SELECT 1 FROM pgjobs_broker_message WHERE queue = %(queue)s AND delayed)
+    OR EXISTS (SELECT 1 FROM pgjobs_broker_message
+               WHERE queue = %(queue)s AND consumer IS NOT NULL);
 
 -- name: subscribe
 -- A consumer starts consuming a queue. The share lock waits for an unsubscribe deleting the
@@ -234,8 +253,13 @@ ON CONFLICT DO NOTHING;
 -- name: queue_delete
 WITH unbound AS (
     DELETE FROM pgjobs_broker_binding WHERE queue = %(queue)s
-), emptied AS (
-    DELETE FROM pgjobs_broker_message WHERE queue = %(queue)s
+), ready_gone AS (
+    DELETE FROM pgjobs_broker_message
+    WHERE queue = %(queue)s AND consumer IS NULL AND NOT delayed
+), delayed_gone AS (
+    DELETE FROM pgjobs_broker_message WHERE queue = %(queue)s AND delayed
+), held_gone AS (
+    DELETE FROM pgjobs_broker_message WHERE queue = %(queue)s AND consumer IS NOT NULL
 ), unsubscribed AS (
     DELETE FROM pgjobs_broker_subscription WHERE queue = %(queue)s
 )

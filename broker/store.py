@@ -239,7 +239,7 @@ class Store:
         return int(self._one("size", {"queue": queue})[0])
 
     def purge(self, queue: str) -> int:
-        return self._execute("purge", {"queue": queue}).rowcount
+        return int(self._one("purge", {"queue": queue})[0])
 
     def declare_queue(self, queue: str, auto_delete: bool, expires: float | None) -> None:
         """Declare ``queue``; ``expires`` is AMQP's x-expires, in seconds."""
