@@ -72,6 +72,7 @@ class Channel(virtual.Channel):
         super().__init__(connection, **kwargs)
         self.store = connection.store
         self.pending = True
+        self._turn = 0
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
         # After the connection was lost: the consumer that keeps this channel's leases.
@@ -212,7 +213,7 @@ class Channel(virtual.Channel):
         """Claim as many messages as the prefetch window allows and hand them to their
         consumers; returns how many were delivered. With ``batch``, a window that is still
         half full waits until it is half empty, so a backlog is claimed several at a time."""
-        queues = list(dict.fromkeys(self._active_queues))
+        queues = self._queues_in_turn()
         if not queues or not self.qos.can_consume():
             return 0
         limit = self.qos.can_consume_max_estimate() or self.connection.claim_batch_size
@@ -232,6 +233,15 @@ class Channel(virtual.Channel):
             return 0
         self.pending = len(rows) >= limit
         return self._hand_over(rows)
+
+    def _queues_in_turn(self) -> list[str]:
+        """The consumed queues, starting one further along at each claim, so that a busy
+        queue never starves the others (as kombu's other transports rotate)."""
+        queues = list(dict.fromkeys(self._active_queues))
+        if not queues:
+            return queues
+        self._turn = (self._turn + 1) % len(queues)
+        return queues[self._turn:] + queues[:self._turn]
 
     def _hand_over(self, rows: list[Claimed]) -> int:
         """Deliver ``rows`` in order; returns how many were delivered. When a callback

@@ -91,14 +91,16 @@ DELETE FROM pgjobs_broker_message m USING dropped d WHERE m.queue = d.name;
 DELETE FROM pgjobs_broker_consumer WHERE id = ANY(%(consumers)s::uuid[]);
 
 -- name: claim
--- Claim up to %(limit)s visible messages for one consumer in one statement: queues in the order
--- given, then priority (higher first), then publication order. Each queue is read through
--- pgjobs_broker_message_ready; SKIP LOCKED keeps concurrent claimers from waiting on each other.
+-- Claim up to %(limit)s visible messages for one consumer in one statement, taking turns
+-- between the queues in the order given: the best message of each queue, then the second
+-- best of each, and so on; within a queue, priority (higher first), then publication order.
+-- Each queue is read through pgjobs_broker_message_ready; SKIP LOCKED keeps concurrent
+-- claimers from waiting on each other. The caller rotates the order from claim to claim.
 WITH wanted AS (
     SELECT queue, position
     FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS w (queue, position)
-), picked AS (
-    SELECT m.id, w.position
+), candidates AS (
+    SELECT m.id, m.priority, w.position
     FROM wanted w
     CROSS JOIN LATERAL (
         SELECT id, priority
@@ -109,14 +111,18 @@ WITH wanted AS (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) m
-    ORDER BY w.position, m.priority DESC, m.id
+), picked AS (
+    SELECT id, position,
+           row_number() OVER (PARTITION BY position ORDER BY priority DESC, id) AS turn
+    FROM candidates
+    ORDER BY turn, position
     LIMIT %(limit)s
 )
 UPDATE pgjobs_broker_message m
 SET consumer = %(consumer)s, deliveries = m.deliveries + 1
 FROM picked
 WHERE m.id = picked.id
-RETURNING m.id, m.queue, m.deliveries, m.payload, picked.position, m.priority;
+RETURNING m.id, m.queue, m.deliveries, m.payload, picked.turn, picked.position;
 
 -- name: publish
 -- Route one message through its exchange (the default exchange '' names the queue itself),

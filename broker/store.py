@@ -160,9 +160,10 @@ class Store:
 
     def claim(self, consumer: uuid.UUID, queues: Sequence[str], limit: int,
               now: datetime | None = None, acks: Sequence[int] = ()) -> list[Claimed]:
-        """Lease up to ``limit`` visible messages of ``queues`` to ``consumer``, in queue order,
-        then priority (higher first), then publication order; first delete the ``acks``. One
-        round trip, one transaction, bounded by the statement timeout."""
+        """Lease up to ``limit`` visible messages of ``queues`` to ``consumer``, the queues
+        taking turns in the order given, each in priority (higher first) then publication
+        order; first delete the ``acks``. One round trip, one transaction, bounded by the
+        statement timeout."""
         params = {"consumer": consumer, "queues": list(queues), "limit": limit, "now": now}
         conn = self.connect()
         try:
@@ -179,7 +180,7 @@ class Store:
             self._abandon_transaction(conn)
             raise
         rows = claimed.fetchall()
-        rows.sort(key=lambda row: (row[4], -row[5], row[0]))
+        rows.sort(key=lambda row: (row[4], row[5]))
         return [Claimed(id=r[0], queue=r[1], deliveries=r[2], payload=r[3]) for r in rows]
 
     @staticmethod

@@ -65,8 +65,9 @@ bindings again. Acks, rejects and releases only ever touch messages the consumer
 Queues: as in AMQP, an auto-delete queue goes (with its messages) when its last consumer
 goes, and a queue declared with ``x-expires`` goes once it has had no consumer for that long.
 
-Order of delivery: queues in the order the consumer lists them, then priority, then
-publication order. Queue size (``queue_declare``/``_size``) counts the messages waiting in
+Order of delivery: the queues a consumer lists take turns (each claim starts one queue further
+along, and within a claim the queues alternate), so a backlog in one never starves another;
+within a queue, priority, then publication order. Queue size (``queue_declare``/``_size``) counts the messages waiting in
 the queue, delayed ETA ones included, held ones excluded; ``purge`` deletes those.
 """
 

@@ -3,6 +3,7 @@ priorities, wake-ups and reconnection. The memory transport has none of these.""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -85,16 +86,41 @@ def test_higher_priority_is_delivered_first_then_publication_order(connect: Conn
     assert order == [2, 1, 3, 0]
 
 
-def test_queues_are_served_in_the_order_the_consumer_lists_them(connect: Connect) -> None:
-    # given a low-priority message in "first" and a high-priority one in "second"
+def test_queues_take_turns_within_a_claim_and_priorities_hold_within_each(
+        connect: Connect) -> None:
+    # given a backlog in "busy" and two messages of different priorities in "quiet"
     conn = connect()
-    first, second = Queue("first"), Queue("second")
-    publish(conn, first, {"q": "first"}, priority=0)
-    publish(conn, second, {"q": "second"}, priority=9)
-    # when one consumer of [first, second] takes one message
-    got = conn.transport.claim(["first", "second"], 1)
-    # then it comes from the first queue listed
-    assert [row.queue for row in got] == ["first"]
+    busy, quiet = Queue("busy"), Queue("quiet")
+    for n in range(10):
+        publish(conn, busy, {"n": n})
+    publish(conn, quiet, {}, priority=1, headers={"tag": "low"})
+    publish(conn, quiet, {}, priority=9, headers={"tag": "high"})
+    # when one consumer of [busy, quiet] claims four messages at once
+    got = conn.transport.claim(["busy", "quiet"], 4)
+    # then the queues take turns, each in its own order
+    assert [row.queue for row in got] == ["busy", "quiet", "busy", "quiet"]
+    assert [tag_of(row) for row in got if row.queue == "quiet"] == ["high", "low"]
+
+
+def test_a_small_queue_behind_a_backlog_is_served_at_once(connect: Connect) -> None:
+    # given a backlog of 200 in the queue a worker lists first, and one message in another
+    conn = connect()
+    backlog, small = Queue("backlog"), Queue("small")
+    for n in range(200):
+        publish(conn, backlog, {"n": n})
+    publish(conn, small, {"n": "urgent"})
+    consumer = conn.Consumer([backlog, small], callbacks=[lambda body, message: None])
+    consumer.qos(prefetch_count=4)
+    consumer.consume()
+    # when it claims one prefetch window
+    channel = conn.default_channel
+    channel.deliver_ready()
+    # then the small queue's message is in it
+    assert "small" in {m.delivery_info["routing_key"] for m in channel.qos._delivered.values()}
+
+
+def tag_of(row: Any) -> str:
+    return json.loads(row.payload)["headers"]["tag"]
 
 
 def test_an_eta_message_stays_in_the_table_until_shortly_before_it_is_due(
