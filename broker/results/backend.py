@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -36,6 +37,7 @@ from celery.utils.time import maybe_timedelta
 from kombu.utils.encoding import ensure_bytes
 
 from broker.results import chords
+from broker.results.colocation import broker_shares_database
 from broker.results.connection import Database, run, shared
 from broker.results.privacy import stores_arguments
 from broker.results.waiting import ResultConsumer
@@ -98,6 +100,11 @@ class PostgresBackend(AsyncBackendMixin, Backend):
     def database(self) -> Database:
         return shared(self.conninfo)
 
+    @cached_property
+    def broker_shares_database(self) -> bool:
+        """Whether the broker is pgjobs' transport on this database (see ``colocation``)."""
+        return broker_shares_database(self.app, self.conninfo)
+
     def as_uri(self, include_password: bool = False) -> str:
         return self.url if include_password else redact(self.url)
 
@@ -153,6 +160,7 @@ class PostgresBackend(AsyncBackendMixin, Backend):
                                      request=request, format_date=False)
         row = {name: meta.get(name) for name in _ROW}
         row.update(task_id=task_id, ready=state in states.READY_STATES,
+                   synchronous_commit=self._synchronous_commit(request, state),
                    date_done=_utc_naive(meta.get("date_done")),
                    result=self._bytes(result), children=self._bytes(meta.get("children")))
         if stores_arguments(self.app, request):
@@ -160,6 +168,16 @@ class PostgresBackend(AsyncBackendMixin, Backend):
         else:
             row.update(args=None, kwargs=None)
         return row
+
+    def _synchronous_commit(self, request: Any, state: str) -> str | None:
+        """``off`` when the message's acknowledgement, committed synchronously on this server
+        after this result, flushes it anyway; None: the server's setting."""
+        if not self.broker_shares_database or request is None:
+            return None
+        if state not in states.READY_STATES:
+            return "off"  # an intermediate state (STARTED, RETRY) may be lost in a crash
+        task = self.app.tasks.get(getattr(request, "task", None) or "")
+        return "off" if task is not None and task.acks_late else None
 
     def _bytes(self, value: Any) -> bytes | None:
         return None if value is None else ensure_bytes(self.encode(value))

@@ -25,8 +25,6 @@ from celery.backends.base import _create_chord_error_with_cause
 from celery.canvas import maybe_signature
 from celery.exceptions import ChordError
 from celery.result import GroupResult
-from kombu.transport import resolve_transport
-from psycopg.conninfo import conninfo_to_dict
 
 from broker.context import in_transaction
 from broker.results.connection import run
@@ -125,37 +123,5 @@ def _raise_dependency_error(task_id: str, exc: Any) -> None:
 @contextmanager
 def _publishing_through(backend: Any, conn: psycopg.Connection) -> Iterator[None]:
     """Publish through ``conn`` when the broker is pgjobs' transport on this database."""
-    with in_transaction(conn) if _broker_shares_database(backend) else nullcontext():
+    with in_transaction(conn) if backend.broker_shares_database else nullcontext():
         yield
-
-
-def _broker_shares_database(backend: Any) -> bool:
-    cached = getattr(backend, "_broker_shares_database", None)
-    if cached is None:
-        cached = backend._broker_shares_database = _same_database(backend)
-    return cached
-
-
-def _same_database(backend: Any) -> bool:
-    from broker.transport import Transport
-
-    conf = backend.app.conf
-    url = conf.broker_write_url or conf.broker_url
-    if not isinstance(url, str) or ";" in url:
-        return False
-    transport = conf.broker_transport or url.partition("://")[0]
-    try:
-        cls = resolve_transport(transport)
-    except (ImportError, AttributeError, KeyError, ValueError):
-        return False
-    return isinstance(cls, type) and issubclass(cls, Transport) and _same_target(
-        url, backend.conninfo)
-
-
-def _same_target(first: str, second: str) -> bool:
-    keys = ("host", "port", "dbname", "user")
-    try:
-        a, b = conninfo_to_dict(first), conninfo_to_dict(second)
-    except psycopg.ProgrammingError:
-        return False
-    return all(a.get(key) == b.get(key) for key in keys)

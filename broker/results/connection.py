@@ -59,7 +59,7 @@ class Database:
         self.discard()
         self._conn = psycopg.connect(
             self.conninfo, autocommit=True, connect_timeout=self._connect_timeout,
-            application_name=APPLICATION_NAME, prepare_threshold=None)
+            application_name=APPLICATION_NAME)
         self._pid = os.getpid()
         return self._conn
 

@@ -6,6 +6,7 @@
 -- A ready state wakes waiters on commit, but only when some process LISTENs for results:
 -- NOTIFY serialises every notifying commit on the server. A row already SUCCESS is never
 -- written over (a task that ran again after its worker died keeps its first result).
+-- synchronous_commit (NULL: the server's setting) applies to this transaction only.
 WITH stored AS (
     INSERT INTO celery_taskmeta AS t
         (task_id, status, result, date_done, traceback, children, name, args, kwargs,
@@ -20,11 +21,16 @@ WITH stored AS (
     WHERE t.status IS DISTINCT FROM 'SUCCESS'
     RETURNING task_id
 )
-SELECT count(pg_notify('pgjobs_results', stored.task_id)::text) AS notified
-FROM stored
-WHERE %(ready)s AND EXISTS (
-    SELECT 1 FROM pg_stat_activity
-    WHERE application_name = 'pgjobs-results-listen' AND datname = current_database())
+SELECT
+    (SELECT set_config('synchronous_commit',
+                       coalesce(%(synchronous_commit)s, current_setting('synchronous_commit')),
+                       true)) AS commit_mode,
+    (SELECT count(pg_notify('pgjobs_results', stored.task_id)::text)
+     FROM stored
+     WHERE %(ready)s AND EXISTS (
+         SELECT 1 FROM pg_stat_activity
+         WHERE application_name = 'pgjobs-results-listen' AND datname = current_database())
+    ) AS notified
 
 -- name: task_meta
 SELECT task_id, status, result, date_done, traceback, children, name, args, kwargs, worker,

@@ -8,8 +8,9 @@ Environment it reads (set by the test that starts the worker):
 - ``DATABASE_URL``: the test's database (broker, results, runs table).
 - ``RESULTS_TEST_QUEUE``: the queue tasks go to.
 - ``RESULTS_TEST_POLL_INTERVAL``: the backend's safety-net poll, in seconds (default 30).
-- ``RESULTS_TEST_BACKEND``: ``pgjobs`` (default, ``broker.results``) or ``db`` (Celery's
-  database backend, polling), which only exists to check the tests themselves.
+- ``RESULTS_TEST_BACKEND``: ``pgjobs`` (default, ``broker.results``), ``db`` (Celery's
+  database backend, polling) or ``redis`` (``RESULTS_TEST_REDIS_URL``); the last two only
+  exist to check the tests themselves.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ BACKEND = os.environ.get("RESULTS_TEST_BACKEND", "pgjobs")
 
 def backend_settings(database_url: str, poll_interval: float) -> dict[str, Any]:
     """The result backend settings of ``RESULTS_TEST_BACKEND``."""
+    if BACKEND == "redis":
+        return {"result_backend": os.environ.get("RESULTS_TEST_REDIS_URL",
+                                                 "redis://127.0.0.1:6379/14")}
     if BACKEND == "db":
         return {"result_backend": "db+" + sqlalchemy_url(database_url),
                 "database_create_tables_at_setup": False}

@@ -158,3 +158,21 @@ def test_a_forked_child_stores_through_its_own_connection(db_url):
     backend.store_result("parent-after", 3, "SUCCESS")
     assert backend.database.connect().info.backend_pid == parent_pid
     assert backend.get_task_meta("child")["result"] == 2
+
+
+def test_results_skip_the_wal_flush_wait_only_when_a_later_ack_on_this_server_flushes_them(
+        db_url):
+    def commit_mode(broker_url: str, acks_late: bool, state: str = "SUCCESS") -> str | None:
+        app = _app(db_url, broker_url=broker_url, broker_transport="broker.transport:Transport",
+                   task_acks_late=acks_late)
+        app.task(name="ordinary", shared=False)(_send_code)
+        return app.backend._synchronous_commit(_Request("ordinary", [], {}), state)
+
+    other_database = db_url.rsplit("/", 1)[0] + "/elsewhere"
+    # the message is acknowledged after the result, through the same server: no wait
+    assert commit_mode(db_url, acks_late=True) == "off"
+    # acknowledged before the task ran, or through another database: the server's setting
+    assert commit_mode(db_url, acks_late=False) is None
+    assert commit_mode(other_database, acks_late=True) is None
+    # an intermediate state needs no durability of its own
+    assert commit_mode(db_url, acks_late=False, state="STARTED") == "off"
