@@ -11,7 +11,8 @@ one worker per backend, each on a queue of its own. Redis needs the ``bench`` ex
 
 1. drain throughput, results ignored vs stored: ``--tasks`` no-op tasks published with the
    worker stopped, then drained; from the first task's start to the last task's end
-   (ignored) or to the last result's ``date_done`` (stored); ``--rounds`` times, medians;
+   (ignored) or to the last result's ``date_done`` (stored); ``--rounds`` rounds, each
+   running every backend (in random order) both ways, medians;
 2. ``delay().get()`` of a task that sleeps 20 ms, and a 10-part chord from send to the
    callback's result: all workers running at once, probed in turn (random order each
    turn) so they share the machine's load; ``--samples`` and ``--chords`` per backend;
@@ -38,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+import psycopg
 from celery import Celery, chord
 
 if not __package__:  # run as a script: make `bench` and `config` importable
@@ -49,6 +51,7 @@ from bench.run import REPO, Reports, _stop, percentile  # noqa: E402
 from config.urls import redact_url  # noqa: E402
 
 CELERY = Path(sys.executable).with_name("celery")
+QUEUED = "SELECT count(*) FROM pgjobs_broker_message WHERE queue = %s"
 CHORD_PARTS = 10
 SLEEP_SECONDS = 0.02
 WAIT = 60.0
@@ -92,6 +95,8 @@ class Subject:
                                      self.queue, backend)
         self.reports = Reports()
         self.log = logdir / f"worker-{backend}.log"
+        self.drained_ignored: list[float] = []
+        self.drained_stored: list[float] = []
 
     def attempt(self, step: Callable[[], None]) -> None:
         """Run ``step`` unless this backend already failed; record a failure, not raise it."""
@@ -123,13 +128,16 @@ class Subject:
 
     # -- 1. drain ---------------------------------------------------------------------------
 
-    def drain(self) -> None:
-        ignored, stored = [], []
-        for _ in range(self.plan.rounds):
-            ignored.append(self._drain_once(store=False))
-            stored.append(self._drain_once(store=True))
-        self.figures.drain_ignored = statistics.median(ignored)
-        self.figures.drain_stored = statistics.median(stored)
+    def drain_round(self) -> None:
+        """One drain with results ignored and one with results stored, in random order."""
+        for store in random.sample([False, True], 2):
+            (self.drained_stored if store else self.drained_ignored).append(
+                self._drain_once(store))
+
+    def summarise_drain(self) -> None:
+        if self.drained_ignored and self.drained_stored:
+            self.figures.drain_ignored = statistics.median(self.drained_ignored)
+            self.figures.drain_stored = statistics.median(self.drained_stored)
 
     def _drain_once(self, store: bool) -> float:
         task = self.app.tasks[NOOP]
@@ -141,7 +149,17 @@ class Subject:
             end = max(finish for _, finish in runs)
             if store:
                 end = max(_epoch(_done_at(result)) for result in sent)
+            # Stopped before its last acks, a worker would leave tasks for the next round.
+            self._wait_until_acknowledged()
         return len(sent) / (end - min(start for start, _ in runs))
+
+    def _wait_until_acknowledged(self) -> None:
+        deadline = time.monotonic() + WAIT
+        with psycopg.connect(self.plan.database_url, autocommit=True) as conn:
+            while conn.execute(QUEUED, (self.queue,)).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"tasks of {self.queue} still unacknowledged")
+                time.sleep(0.05)
 
     # -- 2. latency -------------------------------------------------------------------------
 
@@ -195,8 +213,13 @@ def sample_latencies(subjects: list[Subject], plan: Plan) -> None:
 def run(plan: Plan, backends: list[str], logdir: Path) -> list[Figures]:
     subjects = [Subject(plan, backend, logdir) for backend in backends]
     try:
+        # Round by round, backends in random order: the machine's load varies over minutes,
+        # and every backend should see the same share of it.
+        for _ in range(plan.rounds):
+            for subject in random.sample(subjects, len(subjects)):
+                subject.attempt(subject.drain_round)
         for subject in subjects:
-            subject.attempt(subject.drain)
+            subject.summarise_drain()
         sample_latencies(subjects, plan)
     finally:
         for subject in subjects:

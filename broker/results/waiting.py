@@ -47,6 +47,7 @@ class Listen:
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._lost = False
+        self._opening = threading.Lock()  # a caller and the reading thread may both try
 
     @property
     def backend_pid(self) -> int | None:
@@ -59,6 +60,10 @@ class Listen:
 
     def ensure(self) -> bool:
         """Open the connection if it is down and the backoff allows; True if opened now."""
+        with self._opening:
+            return self._open()
+
+    def _open(self) -> bool:
         if self._usable() or time.monotonic() < self._next_attempt:
             return False
         self.close()
@@ -146,7 +151,7 @@ class ResultConsumer(BaseResultConsumer):
         self.listen.close()
 
     def on_after_fork(self) -> None:
-        self.listen.close()
+        self.listen.close()  # kept open for the parent, never used here
         self._reading = threading.Condition()
         self._reader_busy = False
 
