@@ -8,6 +8,7 @@ in the child would end the parent's session too). A lock serialises its use betw
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,14 @@ LISTEN_APPLICATION_NAME = "pgjobs-results-listen"  # store_result looks for it
 
 _SHARED: dict[str, Database] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close this process's connections at exit (a forked child leaves its parent's alone)."""
+    with _SHARED_LOCK:
+        for database in _SHARED.values():
+            database.discard()
 
 
 def query(name: str) -> str:
