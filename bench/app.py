@@ -11,6 +11,8 @@ Environment it reads (set by ``bench/run.py``):
 - ``BENCH_KEY_PREFIX``: prefix of every Redis key of this run (so they can be removed).
 - ``BENCH_QUEUE``: the queue the tasks go to.
 - ``BENCH_REPORT_TO``: ``host:port`` of the benchmark's UDP socket.
+- ``BENCH_BACKEND``: unset (results ignored) or the result backend of ``bench/results.py``:
+  ``pgjobs``, ``db`` or ``redis``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from config.urls import sqlalchemy_url
 
 NOOP = "bench.noop"
 PROBE = "bench.probe"
+SLEEP = "bench.sleep"
+PART = "bench.part"
+COLLECT = "bench.collect"
 BROKERS = ("pgjobs", "sqla", "redis")
+BACKENDS = ("pgjobs", "db", "redis")
 
 
 def broker_settings(broker: str, database_url: str, redis_url: str, prefix: str) -> dict:
@@ -41,24 +47,45 @@ def broker_settings(broker: str, database_url: str, redis_url: str, prefix: str)
     raise ValueError(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
 
 
-def build_app(broker: str, database_url: str, redis_url: str, prefix: str, queue: str) -> Celery:
+def backend_settings(backend: str | None, database_url: str, redis_url: str,
+                     prefix: str) -> dict:
+    """Celery's result settings for ``backend`` (None: results ignored)."""
+    if backend is None:
+        return {"task_ignore_result": True}
+    if backend == "pgjobs":
+        return {"result_backend": "broker.results:PostgresBackend+" + database_url}
+    if backend == "db":
+        return {"result_backend": "db+" + sqlalchemy_url(database_url),
+                "database_create_tables_at_setup": False,
+                "database_engine_options": {"connect_args": {"options": "-c timezone=UTC"}}}
+    if backend == "redis":
+        return {"result_backend": redis_url,
+                "result_backend_transport_options": {"global_keyprefix": prefix}}
+    raise ValueError(f"unknown result backend {backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+def build_app(broker: str, database_url: str, redis_url: str, prefix: str, queue: str,
+              backend: str | None = None) -> Celery:
     """The benchmark app, with the worker settings pgjobs itself runs with."""
     app = Celery("bench", set_as_current=False)
     app.conf.update(
-        broker_settings(broker, database_url, redis_url, prefix),
+        {**broker_settings(broker, database_url, redis_url, prefix),
+         **backend_settings(backend, database_url, redis_url, prefix)},
         accept_content=["json"],
+        result_accept_content=["json"],
         task_serializer="json",
+        result_serializer="json",
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_ignore_result=True,
         task_default_queue=queue,
         # Same for every broker; kombu's SQLAlchemy transport cannot broadcast.
         worker_enable_remote_control=False,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
     )
-    app.task(name=NOOP)(_noop)
-    app.task(name=PROBE)(_probe)
+    for name, function in ((NOOP, _noop), (PROBE, _probe), (SLEEP, _sleep), (PART, _part),
+                           (COLLECT, _collect)):
+        app.task(name=name, shared=False)(function)
     return app
 
 
@@ -86,6 +113,19 @@ def _probe(published_at: float) -> None:
     _Report.send("probe", published_at, time.time())
 
 
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _part(index: int) -> int:
+    return index
+
+
+def _collect(values: list[int]) -> int:
+    return len(values)
+
+
 if os.environ.get("BENCH_BROKER"):
     app = build_app(
         os.environ["BENCH_BROKER"],
@@ -93,4 +133,5 @@ if os.environ.get("BENCH_BROKER"):
         os.environ.get("BENCH_REDIS_URL", ""),
         os.environ.get("BENCH_KEY_PREFIX", ""),
         os.environ.get("BENCH_QUEUE", "celery"),
+        os.environ.get("BENCH_BACKEND") or None,
     )

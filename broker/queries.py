@@ -20,7 +20,12 @@ def _parse(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES: dict[str, str] = _parse(files("broker").joinpath("queries.sql").read_text("utf-8"))
+def load(package: str, filename: str) -> dict[str, str]:
+    """The named statements of ``filename``, a resource of ``package``."""
+    return _parse(files(package).joinpath(filename).read_text("utf-8"))
+
+
+QUERIES: dict[str, str] = load("broker", "queries.sql")
 
 
 def query(name: str) -> str:

@@ -67,8 +67,9 @@ goes, and a queue declared with ``x-expires`` goes once it has had no consumer f
 
 Order of delivery: the queues a consumer lists take turns (each claim starts one queue further
 along, and within a claim the queues alternate), so a backlog in one never starves another;
-within a queue, priority, then publication order. Queue size (``queue_declare``/``_size``) counts the messages waiting in
-the queue, delayed ETA ones included, held ones excluded; ``purge`` deletes those.
+within a queue, priority, then publication order. Queue size (``queue_declare``/``_size``)
+counts the messages waiting in the queue, delayed ETA ones included, held ones excluded;
+``purge`` deletes those.
 """
 
 from __future__ import annotations

@@ -35,15 +35,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A task is acknowledged after it ran, and a worker that dies mid-task gives it back.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "result_backend": "db+" + sqlalchemy_url(database_url),
+        # pgjobs' result backend (broker/results) on the same database: waiters are woken by
+        # NOTIFY, chords are joined in the transaction that stores their parts.
+        "result_backend": "broker.results:PostgresBackend+" + database_url,
         "result_extended": True,
-        "database_create_tables_at_setup": False,  # Alembic owns the schema.
-        # Celery writes date_done as an aware time into a column without a time zone, which
-        # PostgreSQL converts with the session's zone; pin it to UTC, as the clean-up assumes.
-        "database_engine_options": {
-            "pool_pre_ping": True,
-            "connect_args": {"options": "-c timezone=UTC"},
-        },
         # Results are deleted by tasks.delete_old_data, not by celery.backend_cleanup.
         "result_expires": None,
         "timezone": "UTC",

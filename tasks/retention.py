@@ -60,12 +60,14 @@ class Target:
 
 
 def rules_from(settings: Settings) -> list[Rule]:
-    """The built-in rules (results, group results, sent-email log, dead letters, revokes),
-    then RETENTION_TABLES."""
+    """The built-in rules (results, group results, chord counters, sent-email log, dead
+    letters, revokes), then RETENTION_TABLES."""
     results, emails = settings.result_retention_days, settings.sent_email_retention_days
     built_in = [
         Rule("celery_taskmeta", "date_done", results, BUILT_IN),
         Rule("celery_tasksetmeta", "date_done", results, BUILT_IN),
+        # A chord's parts go with it (ON DELETE CASCADE).
+        Rule("pgjobs_chord", "created_at", results, BUILT_IN),
         Rule("pgjobs_sent_email", "sent_at", emails, BUILT_IN),
         Rule("pgjobs_broker_dead_letter", "died_at", settings.dead_letter_retention_days,
              BUILT_IN),

@@ -11,6 +11,7 @@ from celery import Task
 from psycopg import OperationalError as DriverOperationalError
 from sqlalchemy.exc import OperationalError
 
+from broker.results import PrivateArgsTask
 from config.celery import app
 from config.settings import Settings, SettingsError, get_settings
 from tasks import sent_log
@@ -32,6 +33,8 @@ MAX_RETRIES = 8
 @app.task(
     bind=True,
     name="tasks.send_sign_in_email",
+    # The code is a secret: kept out of the results table, the log lines and task events.
+    base=PrivateArgsTask,
     autoretry_for=(TransientEmailError, OperationalError, DriverOperationalError),
     retry_backoff=RETRY_BACKOFF_SECONDS,
     retry_backoff_max=RETRY_BACKOFF_MAX_SECONDS,

@@ -66,5 +66,6 @@ def test_clean_up_through_procfile_worker_returns_counts(procfile_env):
 
     # then it reports a count for each table of the retention registry
     counts = json.loads(done.stdout)
-    assert counts == {"celery_taskmeta": 0, "celery_tasksetmeta": 0, "pgjobs_sent_email": 0,
-                      "pgjobs_broker_dead_letter": 0, "pgjobs_revoked_task": 0}
+    assert counts == {"celery_taskmeta": 0, "celery_tasksetmeta": 0, "pgjobs_chord": 0,
+                      "pgjobs_sent_email": 0, "pgjobs_broker_dead_letter": 0,
+                      "pgjobs_revoked_task": 0}

@@ -38,6 +38,9 @@ INSERT INTO celery_taskmeta (task_id, status, date_done)
   FROM generate_series(1, 2) AS n;
 INSERT INTO celery_tasksetmeta (taskset_id, date_done)
   VALUES ('old-group', (now() AT TIME ZONE 'UTC') - interval '25 hours');
+INSERT INTO pgjobs_chord (group_id, size, created_at) VALUES
+  ('old-chord', 2, now() - interval '25 hours'), ('new-chord', 2, now() - interval '23 hours');
+INSERT INTO pgjobs_chord_part (group_id, part_key, state) VALUES ('old-chord', 'a:0', 'SUCCESS');
 INSERT INTO pgjobs_sent_email (task_id, recipient, subject, sent_at)
   SELECT 'old-' || n, 'a@example.com', 's', now() - interval '25 hours'
   FROM generate_series(1, 3) AS n
@@ -50,11 +53,12 @@ INSERT INTO pgjobs_broker_dead_letter
 INSERT INTO pgjobs_revoked_task (task_id, revoked_at)
   VALUES ('old-revoke', now() - interval '25 hours'), ('new-revoke', now() - interval '23 hours');
 """
-EXPIRED = {"celery_taskmeta": 5, "celery_tasksetmeta": 1, "pgjobs_sent_email": 3,
-           "pgjobs_broker_dead_letter": 4, "pgjobs_revoked_task": 1,
+
+EXPIRED = {"celery_taskmeta": 5, "celery_tasksetmeta": 1, "pgjobs_chord": 1,
+           "pgjobs_sent_email": 3, "pgjobs_broker_dead_letter": 4, "pgjobs_revoked_task": 1,
            "user_sessions": 5, "daily_reports": 1}
-TOTALS = {"celery_taskmeta": 7, "celery_tasksetmeta": 1, "pgjobs_sent_email": 4,
-          "pgjobs_broker_dead_letter": 6, "pgjobs_revoked_task": 2,
+TOTALS = {"celery_taskmeta": 7, "celery_tasksetmeta": 1, "pgjobs_chord": 2,
+          "pgjobs_sent_email": 4, "pgjobs_broker_dead_letter": 6, "pgjobs_revoked_task": 2,
           "user_sessions": 7, "daily_reports": 2}
 
 

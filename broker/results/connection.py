@@ -1,0 +1,105 @@
+"""The result backend's one database connection per process, and its named queries.
+
+Every backend object of a process on the same database shares one :class:`Database`: one
+autocommit psycopg connection, opened lazily, reopened after it broke, and never reused
+across ``fork()`` (a pool child opens its own; the parent's is left alone, since closing it
+in the child would end the parent's session too). A lock serialises its use between threads.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from broker.queries import load
+from broker.store import INHERITED
+
+QUERIES: dict[str, str] = load("broker.results", "queries.sql")
+APPLICATION_NAME = "pgjobs-results"
+LISTEN_APPLICATION_NAME = "pgjobs-results-listen"  # store_result looks for it
+
+_SHARED: dict[str, Database] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close this process's connections at exit (a forked child leaves its parent's alone)."""
+    with _SHARED_LOCK:
+        for database in _SHARED.values():
+            database.discard()
+
+
+def query(name: str) -> str:
+    """The named statement of ``queries.sql``."""
+    return QUERIES[name]
+
+
+def shared(conninfo: str) -> Database:
+    """This process's :class:`Database` for ``conninfo``."""
+    with _SHARED_LOCK:
+        database = _SHARED.get(conninfo)
+        if database is None:
+            database = _SHARED[conninfo] = Database(conninfo)
+        return database
+
+
+class Database:
+    """One lazily opened autocommit connection, fork-aware and thread-safe."""
+
+    def __init__(self, conninfo: str, connect_timeout: int = 5) -> None:
+        self.conninfo = conninfo
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection | None = None
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+
+    def connect(self) -> psycopg.Connection:
+        """The open connection, (re)opened if needed. Call with the lock held."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken and self._pid == os.getpid():
+            return conn
+        self.discard()
+        self._conn = psycopg.connect(
+            self.conninfo, autocommit=True, connect_timeout=self._connect_timeout,
+            application_name=APPLICATION_NAME)
+        self._pid = os.getpid()
+        return self._conn
+
+    def discard(self) -> None:
+        """Drop the connection (a fresh one is opened on next use)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._pid != os.getpid():
+            INHERITED.append(conn)
+            return
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """The connection inside a transaction (a savepoint when one is already open)."""
+        with self._lock:
+            conn = self.connect()
+            with conn.transaction():
+                yield conn
+
+    def execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a named statement on its own; its rows (none for a statement without)."""
+        with self._lock:
+            cursor = self.connect().execute(query(name), params)
+            return cursor.fetchall() if cursor.description else []
+
+
+def run(conn: psycopg.Connection, name: str, params: dict[str, Any]) -> psycopg.Cursor:
+    """Run a named statement on ``conn`` (inside a :meth:`Database.transaction`)."""
+    return conn.execute(query(name), params)
