@@ -149,7 +149,7 @@ def test_inside_a_rolled_back_transaction_nothing_is_enqueued_or_woken(db_url, a
         assert list(listening.notifies(timeout=0.5, stop_after=1)) == []
 
 
-def test_inside_a_committed_transaction_everything_is_enqueued_with_one_wake_up(db_url, app):
+def test_inside_a_committed_transaction_everything_is_enqueued_and_woken_on_commit(db_url, app):
     with psycopg.connect(db_url, autocommit=True) as listening:
         listening.execute(f'LISTEN "{wake_channel("work")}"')
         # given a caller's transaction that enqueues 12,000 tasks in bulk (several
@@ -157,9 +157,11 @@ def test_inside_a_committed_transaction_everything_is_enqueued_with_one_wake_up(
         with psycopg.connect(db_url) as caller:
             with in_transaction(caller):
                 results = enqueue_many(app.tasks["bulk.add"].s(n) for n in range(12_000))
+            heard_before_commit = list(listening.notifies(timeout=0.2, stop_after=1))
             caller.commit()
-        # then all of them are stored, and the queue was woken once
+        # then all of them are stored, and the queue's consumers are woken on commit only
         assert count(db_url) == len(results) == 12_000
+        assert heard_before_commit == []
         notified = list(listening.notifies(timeout=0.5))
         assert [n.channel for n in notified] == [wake_channel("work")]
 
