@@ -50,7 +50,8 @@ class _Collector(Producer):
         self.eta_lookahead = channel.connection.eta_lookahead
 
     def publish(self, body: Any, **kwargs: Any) -> None:
-        # Nothing is sent here, so there is nothing to retry; the write is retried as a whole.
+        # Nothing is sent here, so there is nothing to retry. The write at the end is one
+        # transaction: when it fails, nothing was written, and the whole call can be retried.
         kwargs["retry"] = False
         return super().publish(body, **kwargs)
 
@@ -126,7 +127,8 @@ def enqueue_many(signatures: Iterable[Any], **options: Any) -> list[Any]:
         call = _Call.of(app, _Collector(channel), options)
         with _collector_paused():
             results = [_send(call, position, sig) for position, sig in enumerate(signatures)]
-        call.producer.write()
+        with producer.connection._reraise_as_library_errors():  # as Celery's send_task
+            call.producer.write()
     return results
 
 

@@ -319,9 +319,9 @@ def _columns(rows: Sequence[Row]) -> dict[str, list[Any]]:
 
 
 def _publish_batches(conn: psycopg.Connection, batches: Iterator[dict[str, list[Any]]]) -> int:
-    """Pipelined: the server inserts one batch while the next one is encoded."""
+    """Pipelined: the server inserts one batch while the next one is dumped and sent."""
     with conn.pipeline():
-        cursors = [_binary_text(conn.cursor()).execute(query("publish_many"), params)
+        cursors = [_binary_arrays(conn.cursor()).execute(query("publish_many"), params)
                    for params in batches]
     inserted, ready = 0, set()
     for cursor in cursors:
@@ -332,7 +332,7 @@ def _publish_batches(conn: psycopg.Connection, batches: Iterator[dict[str, list[
     return inserted
 
 
-def _binary_text(cursor: psycopg.Cursor) -> psycopg.Cursor:
+def _binary_arrays(cursor: psycopg.Cursor) -> psycopg.Cursor:
     """``cursor`` sending arrays in binary: a JSON payload then needs no array escaping, which
     would cost more than everything else of a bulk write."""
     cursor.adapters.register_dumper(list, ListBinaryDumper)

@@ -186,6 +186,24 @@ def test_bad_input_says_which_item_is_wrong_and_writes_nothing(db_url, app, bad,
     assert count(db_url) == 0
 
 
+def test_a_task_class_with_its_own_apply_async_sends_through_it(db_url, app):
+    # given a task whose class adds a header in its own apply_async
+    class Tagged(app.Task):
+        def apply_async(self, args=None, kwargs=None, **options):
+            options.setdefault("headers", {})["tagged"] = True
+            return super().apply_async(args, kwargs, **options)
+
+    tagged = app.task(name="bulk.tagged", base=Tagged)(_add)
+
+    # when it is enqueued in bulk
+    (result,) = enqueue_many([tagged.s(1)])
+
+    # then its message carries the header, and nothing was sent around the batch
+    (row,) = stored(db_url)
+    assert row["payload"]["headers"]["tagged"] is True
+    assert row["payload"]["headers"]["id"] == result.id
+
+
 def test_an_empty_batch_enqueues_nothing(db_url, app):
     assert enqueue_many([]) == []
     assert count(db_url) == 0
