@@ -12,6 +12,7 @@ import pytest
 from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, sql
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from broker import enqueue_many, in_transaction
 from broker.messages import wake_channel
@@ -202,6 +203,24 @@ def test_a_task_class_with_its_own_apply_async_sends_through_it(db_url, app):
     (row,) = stored(db_url)
     assert row["payload"]["headers"]["tagged"] is True
     assert row["payload"]["headers"]["id"] == result.id
+
+
+def test_a_lost_connection_raises_kombus_error_writes_nothing_and_the_call_can_be_retried(
+        db_url, app):
+    # given a producer whose broker connection the server has just ended
+    add = app.tasks["bulk.add"]
+    enqueue_many([add.s(0)])
+    sql(db_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'pgjobs-broker'")
+
+    # when a batch is sent, then kombu's OperationalError says so, and nothing is written
+    with pytest.raises(OperationalError):
+        enqueue_many([add.s(n) for n in range(1, 10)])
+    assert count(db_url) == 1
+
+    # and the same call sent again writes the whole batch
+    enqueue_many([add.s(n) for n in range(1, 10)])
+    assert count(db_url) == 10
 
 
 def test_an_empty_batch_enqueues_nothing(db_url, app):
