@@ -155,6 +155,51 @@ SELECT
     (SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
      FROM (SELECT DISTINCT queue FROM inserted WHERE NOT delayed) AS ready);
 
+-- name: publish_many
+-- The bulk form of publish: route each message of the arrays (one element per message, in
+-- order) as publish does, and insert one copy per target queue, ids in the order given. Wakes
+-- nobody: returns the number of copies inserted and the queues given a visible copy, for one
+-- wake_queues per call.
+WITH message AS (
+    SELECT *
+    FROM unnest(%(exchanges)s::text[], %(routing_keys)s::text[], %(priorities)s::smallint[],
+                %(visible_ats)s::timestamptz[], %(payloads)s::text[])
+         WITH ORDINALITY AS m (exchange, routing_key, priority, visible_at, payload, position)
+), target AS (
+    SELECT m.position, m.routing_key AS queue
+    FROM message m
+    WHERE m.exchange = ''
+    UNION
+    SELECT m.position, b.queue
+    FROM message m
+    JOIN pgjobs_broker_binding b ON b.exchange = m.exchange
+    LEFT JOIN pgjobs_broker_exchange e ON e.name = b.exchange
+    WHERE m.exchange <> ''
+      AND CASE COALESCE(e.type, 'direct')
+          WHEN 'fanout' THEN true
+          WHEN 'topic' THEN m.routing_key ~ b.pattern
+          ELSE b.routing_key = m.routing_key
+      END
+), inserted AS (
+    INSERT INTO pgjobs_broker_message (queue, priority, visible_at, delayed, payload)
+    SELECT t.queue, m.priority,
+           COALESCE(m.visible_at, statement_timestamp()),
+           COALESCE(m.visible_at > statement_timestamp(), false),
+           m.payload
+    FROM target t
+    JOIN message m ON m.position = t.position
+    ORDER BY t.position, t.queue
+    RETURNING queue, delayed
+)
+SELECT
+    (SELECT count(*) FROM inserted),
+    ARRAY(SELECT DISTINCT queue FROM inserted WHERE NOT delayed);
+
+-- name: wake_queues
+-- Wake the consumers of the given queues: one notification per queue.
+SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
+FROM unnest(%(queues)s::text[]) AS woken (queue);
+
 -- name: promote
 -- Delayed (ETA) messages whose time has come join their queue's ready rows; their queues
 -- are woken. Run by every consumer each polling interval; SKIP LOCKED keeps them apart.
