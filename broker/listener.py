@@ -16,7 +16,7 @@ import psycopg
 
 from broker.messages import wake_channel
 from broker.queries import composed, query
-from broker.store import INHERITED as _INHERITED
+from broker.session import INHERITED as _INHERITED
 from broker.store import first_line
 
 logger = logging.getLogger(__name__)

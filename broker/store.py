@@ -1,7 +1,7 @@
 """The only module that talks to the driver: one method per named query in ``queries.sql``.
 
-A :class:`Store` owns one autocommit psycopg connection, opened lazily and reopened on the
-next call after it broke (the failing call still raises, so kombu's retry logic sees it).
+A :class:`Store` owns one :class:`broker.session.Session`: an autocommit connection opened
+lazily, reopened on the next call after it broke, never closed by a forked child.
 Publishing goes through the caller's connection instead while :func:`broker.in_transaction`
 is active.
 """
@@ -23,10 +23,7 @@ from psycopg.types.array import ListBinaryDumper
 from broker import context
 from broker.messages import Claimed, encode, priority_of, visible_at
 from broker.queries import query
-
-# Connections inherited through fork() must never be closed by the child: closing sends the
-# server a Terminate that would end the parent's session too.
-INHERITED: list[psycopg.Connection] = []
+from broker.session import Session
 
 
 class SchemaMissing(Exception):
@@ -63,35 +60,17 @@ class Store:
     (:func:`fault_budget`); claims also stop after ``statement_timeout`` seconds."""
 
     def __init__(self, conninfo: str, statement_timeout: float = 10.0) -> None:
-        self._conninfo = conninfo
+        self._session = Session(conninfo, application_name="pgjobs-broker")
         self._claim_timeout = f"{int(statement_timeout * 1000)}ms"
-        self._conn: psycopg.Connection | None = None
-        self._pid = os.getpid()
 
     # -- connection -------------------------------------------------------------------------
 
     def connect(self) -> psycopg.Connection:
         """The open connection, (re)opened if needed."""
-        conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken and self._pid == os.getpid():
-            return conn
-        self.close()
-        self._conn = psycopg.connect(self._conninfo, autocommit=True,
-                                     application_name="pgjobs-broker")
-        self._pid = os.getpid()
-        return self._conn
+        return self._session.get()
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if self._pid != os.getpid():
-            INHERITED.append(conn)
-            return
-        try:
-            conn.close()
-        except psycopg.Error:
-            pass
+        self._session.close()
 
     def autovacuum_off(self) -> str | None:
         """Why the message table will not be vacuumed automatically, or None."""

@@ -9,7 +9,6 @@ in the child would end the parent's session too). A lock serialises its use betw
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from typing import Any
 import psycopg
 
 from broker.queries import load
-from broker.store import INHERITED
+from broker.session import Session
 
 QUERIES: dict[str, str] = load("broker.results", "queries.sql")
 APPLICATION_NAME = "pgjobs-results"
@@ -55,35 +54,17 @@ class Database:
 
     def __init__(self, conninfo: str, connect_timeout: int = 5) -> None:
         self.conninfo = conninfo
-        self._connect_timeout = connect_timeout
-        self._conn: psycopg.Connection | None = None
-        self._pid = os.getpid()
+        self._session = Session(conninfo, connect_timeout=connect_timeout,
+                                application_name=APPLICATION_NAME)
         self._lock = threading.RLock()
 
     def connect(self) -> psycopg.Connection:
         """The open connection, (re)opened if needed. Call with the lock held."""
-        conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken and self._pid == os.getpid():
-            return conn
-        self.discard()
-        self._conn = psycopg.connect(
-            self.conninfo, autocommit=True, connect_timeout=self._connect_timeout,
-            application_name=APPLICATION_NAME)
-        self._pid = os.getpid()
-        return self._conn
+        return self._session.get()
 
     def discard(self) -> None:
         """Drop the connection (a fresh one is opened on next use)."""
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if self._pid != os.getpid():
-            INHERITED.append(conn)
-            return
-        try:
-            conn.close()
-        except psycopg.Error:
-            pass
+        self._session.close()
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:

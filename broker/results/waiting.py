@@ -25,7 +25,8 @@ from celery import states
 from celery.backends.asynchronous import BaseResultConsumer, Drainer
 
 from broker.results.connection import LISTEN_APPLICATION_NAME, query
-from broker.store import INHERITED, first_line
+from broker.session import INHERITED
+from broker.store import first_line
 
 logger = logging.getLogger(__name__)
 
