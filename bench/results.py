@@ -48,7 +48,7 @@ if not __package__:  # run as a script: make `bench` and `config` importable
 from bench.app import BACKENDS, COLLECT, NOOP, PART, SLEEP, build_app  # noqa: E402
 from bench.database import bench_database, delete_redis_keys, redis_reachable  # noqa: E402
 from bench.run import REPO, Reports, _stop, percentile  # noqa: E402
-from config.urls import redact_url  # noqa: E402
+from broker.urls import redact  # noqa: E402
 
 CELERY = Path(sys.executable).with_name("celery")
 QUEUED = "SELECT count(*) FROM pgjobs_broker_message WHERE queue = %s"
@@ -305,7 +305,7 @@ def _backends(ctx: click.Context, param: click.Parameter, value: str) -> list[st
 def main(backends: list[str], server_url: str, redis_url: str, **sizes: float) -> None:
     """Measure get and chord latency and drain throughput per result backend."""
     if "redis" in backends and not redis_reachable(redis_url):
-        raise click.ClickException(f"cannot reach Redis at {redact_url(redis_url)}; start it "
+        raise click.ClickException(f"cannot reach Redis at {redact(redis_url)}; start it "
                                    "or set --redis-url, or leave redis out of --backends")
     run_id = uuid.uuid4().hex[:10]
     logdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgjobs-bench-{run_id}"
