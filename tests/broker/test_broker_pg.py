@@ -448,7 +448,9 @@ def test_a_worker_warns_once_when_its_queue_table_is_not_vacuumed(
             connect().transport.register_with_event_loop(None, hub)
         finally:
             hub.close()
-    # then one warning says why claims will slow down
+    # then one warning says why claims will slow down (the table's setting, or the server's
+    # where the whole server runs without autovacuum)
     warnings = [r.getMessage() for r in caplog.records if "dead rows" in r.getMessage()]
     assert len(warnings) == 1
-    assert "autovacuum_enabled = false" in warnings[0]
+    assert ("autovacuum_enabled = false" in warnings[0]
+            or "the server runs with autovacuum = off" in warnings[0])
