@@ -160,8 +160,7 @@ class Channel(virtual.Channel):
     def _settle_now(self, operation: Callable[[Store, list[int], uuid.UUID], None],
                     tags: list[int]) -> None:
         """On this connection, or, while it is lost, as soon as it is back."""
-        consumer = self.connection.consumer
-        assert consumer is not None, "a message was delivered without a consumer"
+        consumer = self._consumer()
         outage = self.connection.outage
         if outage.ready():
             with outage.survive():
@@ -169,10 +168,13 @@ class Channel(virtual.Channel):
                 return
         consumer.settle(lambda store: operation(store, tags, consumer.id), now=False)
 
-    def _consumer_id(self) -> uuid.UUID:
+    def _consumer(self) -> Consumer:
         consumer = self.connection.consumer
         assert consumer is not None, "a message was delivered without a consumer"
-        return consumer.id
+        return consumer
+
+    def _consumer_id(self) -> uuid.UUID:
+        return self._consumer().id
 
     def _after_close(self, operation: Any, *args: Any) -> None:
         try:
