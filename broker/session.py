@@ -22,7 +22,10 @@ class Session:
 
     def __init__(self, conninfo: str, **options: Any) -> None:
         self.conninfo = conninfo
-        self._options = {"autocommit": True, **options}
+        # No server-side prepared statements: a transaction-pooling PgBouncer hands each
+        # transaction to any server connection, where a statement prepared through another
+        # client already exists (DuplicatePreparedStatement) or one of ours does not.
+        self._options = {"autocommit": True, "prepare_threshold": None, **options}
         self._conn: psycopg.Connection | None = None
         self._pid = os.getpid()
 

@@ -39,6 +39,9 @@ def _create(url: str) -> Engine:
         pool_size=2,
         max_overflow=2,
         pool_pre_ping=True,  # sqlalchemy_url sets the connect timeout
+        # No server-side prepared statements, so that the engine works through a
+        # transaction-pooling PgBouncer.
+        connect_args={"prepare_threshold": None},
     )
 
 
