@@ -45,7 +45,10 @@ class Scheduler(beat.Scheduler):
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._entries: dict[str, Entry] | None = None
         self._marker: datetime | None = None
-        self._leadership = Leadership(self.dburi, kwargs.pop("identity", None))
+        # The leader lock is a session's advisory lock: it needs a connection to PostgreSQL
+        # itself, where the schedule may go through a transaction-pooling PgBouncer.
+        lock_dburi = kwargs.pop("lock_dburi", None) or app.conf.get("beat_lock_dburi")
+        self._leadership = Leadership(lock_dburi or self.dburi, kwargs.pop("identity", None))
         self._ledger: TickLedger | None = None
         self._in_transaction: InTransaction | None = None
         self._pruned_at = 0.0

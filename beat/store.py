@@ -45,7 +45,10 @@ class DuplicateEntry(LookupError):
 
 def create_engine(sqlalchemy_url: str) -> sa.Engine:
     """An engine for the schedule tables: no pool (beat and the CLI write rarely)."""
-    engine = sa.create_engine(sqlalchemy_url, poolclass=sa.NullPool)
+    # No server-side prepared statements, so that it works through a transaction-pooling
+    # PgBouncer.
+    engine = sa.create_engine(sqlalchemy_url, poolclass=sa.NullPool,
+                              connect_args={"prepare_threshold": None})
     return engine.execution_options(schema_translate_map=SCHEMA_MAP)
 
 

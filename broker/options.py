@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from broker.urls import direct_url
+
 SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
 
 DAY = 86400.0
@@ -91,6 +93,7 @@ class Options:
     fault_timeout: float
     max_deliveries: int | None
     synchronous_commit: str | None
+    direct_url: str | None
 
 
 def parse(raw: dict[str, Any]) -> Options:
@@ -105,7 +108,8 @@ def parse(raw: dict[str, Any]) -> Options:
         raise ValueError("broker transport option heartbeat_interval must be at most half of "
                          f"visibility_timeout, got {values['heartbeat_interval']:g} and "
                          f"{timeout:g}")
-    return Options(**values, synchronous_commit=_synchronous_commit(raw))
+    return Options(**values, synchronous_commit=_synchronous_commit(raw),
+                   direct_url=_direct_url(raw))
 
 
 def _number(name: str, value: Any, spec: Spec) -> float | int | None:
@@ -125,3 +129,7 @@ def _synchronous_commit(raw: dict[str, Any]) -> str | None:
         raise ValueError("broker transport option synchronous_commit must be one of "
                          f"{', '.join(SYNCHRONOUS_COMMIT)}, got {value!r}")
     return str(value).lower()
+
+
+def _direct_url(raw: dict[str, Any]) -> str | None:
+    return direct_url(raw.get("direct_url"), "broker transport option direct_url")

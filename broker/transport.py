@@ -47,11 +47,18 @@ Transport options (``broker_transport_options``), with defaults:
 ``max_deliveries`` (None: unlimited)
     A message handed out more than this many times without being acknowledged (its worker
     keeps dying on it, e.g. out of memory) is moved to the dead-letter table instead.
+``direct_url`` (None: the broker URL)
+    A URL that reaches PostgreSQL itself, for the LISTEN connection, which needs a session of
+    its own. Set it when the broker URL points at a PgBouncer in transaction mode: everything
+    else (publishing, claims, acks, heartbeats) goes through the pooler, and no server-side
+    prepared statement or other session state is used.
 ``synchronous_commit`` (None: the server's setting, normally ``on``)
     PostgreSQL's ``synchronous_commit`` for publishing, claiming and acking. ``off`` about
     doubles the publish rate (no WAL flush wait per message) at a price: if the PostgreSQL
     server crashes (not a clean restart), messages published in its last fraction of a second
-    are lost, and recent acks are forgotten (those messages run again).
+    are lost, and recent acks are forgotten (those messages run again). It is sent as a
+    startup parameter, which a PgBouncer refuses; behind one, set it on the role instead
+    (``ALTER ROLE ... SET synchronous_commit = off``).
 
 Faults. A connection lost to a fault (kombu's ``collect``, as Celery does on a connection
 error) keeps its consumer and every lease: the tasks still running keep their messages, and
@@ -136,7 +143,11 @@ class Transport(virtual.Transport):
         self._budgeted = budgeted
         self.store = Store(_session_conninfo(budgeted, self.options.synchronous_commit),
                            self.options.fault_timeout)
-        self.listener = Listener(budgeted, liveness=3 * self.options.fault_timeout)
+        # LISTEN needs a session of its own: through a transaction-pooling PgBouncer it would
+        # land on whichever server connection the next client gets.
+        direct = fault_budget(self.options.direct_url or self.conninfo,
+                              self.options.connect_timeout, self.options.fault_timeout)
+        self.listener = Listener(direct, liveness=3 * self.options.fault_timeout)
         self.consumer: Consumer | None = None
         self.loop = LoopBinding(self)
         self.outage = Outage()

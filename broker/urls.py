@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import re
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 # ?password=... and &sslpassword=... in a URL; the value ends at the next parameter.
 _QUERY_PASSWORD = re.compile(r"(?<=[?&])((?:ssl)?password)=[^&#]*", re.IGNORECASE)
 # password=... in a key=value string; the value is one word or a quoted string.
@@ -41,3 +44,16 @@ def _mask_user_part(url: str, mask: str) -> str:
     if not colon or not password:
         return url
     return f"{url[:start]}{user}:{mask}{url[at:]}"
+
+
+def direct_url(value: object, setting: str) -> str | None:
+    """A ``direct_url`` option (a libpq URL or key=value string), or None when unset;
+    ValueError naming ``setting`` when libpq cannot parse it."""
+    if value in (None, ""):
+        return None
+    try:
+        conninfo_to_dict(str(value))
+    except psycopg.ProgrammingError:
+        raise ValueError(f"{setting} is not a PostgreSQL URL: {redact(str(value))}; expected "
+                         "postgresql://user:pass@host:5432/db") from None
+    return str(value)

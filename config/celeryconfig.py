@@ -11,12 +11,19 @@ from config.settings import Settings
 from config.urls import sqlalchemy_url
 
 
-def broker_options(database_url: str, settings: Settings) -> dict[str, Any]:
-    """The broker: pgjobs' PostgreSQL transport (``broker/``) on the same database."""
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """The broker: pgjobs' PostgreSQL transport (``broker/``) on BROKER_URL (by default the
+    same database), or RabbitMQ when BROKER_URL is an ``amqp://`` URL."""
+    broker_url = settings.require_broker_url()
+    if not settings.broker_is_postgres:
+        return {"broker_url": broker_url}
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.database_direct_url and not settings.broker_url:
+        options["direct_url"] = settings.database_direct_url
     return {
-        "broker_url": database_url,
+        "broker_url": broker_url,
         "broker_transport": "broker.transport:Transport",
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": options,
     }
 
 
@@ -24,7 +31,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting pgjobs relies on, in one dict."""
     database_url = settings.require_database_url()
     return {
-        **broker_options(database_url, settings),
+        **broker_options(settings),
         "broker_connection_retry_on_startup": True,
         # JSON only: pickle would let anyone who can write a message run code in a worker.
         "accept_content": ["json"],
@@ -38,6 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # pgjobs' result backend (broker/results) on the same database: waiters are woken by
         # NOTIFY, chords are joined in the transaction that stores their parts.
         "result_backend": "broker.results:PostgresBackend+" + database_url,
+        "result_backend_transport_options": {"direct_url": settings.require_direct_url()},
         "result_extended": True,
         # Results are deleted by tasks.delete_old_data, not by celery.backend_cleanup.
         "result_expires": None,
@@ -45,5 +53,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_scheduler": "beat.scheduler:Scheduler",
         "beat_dburi": sqlalchemy_url(database_url),
+        "beat_lock_dburi": sqlalchemy_url(settings.require_direct_url()),
         "beat_max_loop_interval": 5,
     }

@@ -20,9 +20,10 @@ def _settings() -> Settings:
         raise click.ClickException(str(error)) from None
 
 
-def _database_url() -> str:
+def _direct_url() -> str:
+    """DATABASE_DIRECT_URL (or DATABASE_URL): migrations hold a session's advisory lock."""
     try:
-        return _settings().require_database_url()
+        return _settings().require_direct_url()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
 
@@ -51,7 +52,7 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade every pgjobs table. Safe to run twice, or from two hosts at once."""
-    _prepare(_database_url())
+    _prepare(_direct_url())
     click.echo("pgjobs: database is up to date")
 
 

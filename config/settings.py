@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from broker.urls import redact
 from config.limits import LIMITS, check_mail_from
-from config.urls import normalise_database_url
+from config.urls import AMQP_SCHEMES, POSTGRES_SCHEMES, check_amqp_url, normalise_database_url
 
 
 class SettingsError(Exception):
@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, repr=False)
     """DATABASE_URL: ``postgresql://user:pass@host:port/db``. Broker, results and schedule all
     live there. Unset: ``pgjobs dev`` starts an embedded PostgreSQL; workers and beat refuse."""
+
+    database_direct_url: str | None = Field(default=None, repr=False)
+    """DATABASE_DIRECT_URL: a URL that reaches PostgreSQL itself, for the few connections that
+    need a session of their own: the LISTEN connections that wake workers and result waiters,
+    beat's leader lock, and ``pgjobs migrate``. Set it when DATABASE_URL points at a
+    transaction-pooling PgBouncer. Default: DATABASE_URL."""
+
+    broker_url: str | None = Field(default=None, repr=False)
+    """BROKER_URL: where messages go. Default: DATABASE_URL (pgjobs' PostgreSQL broker).
+    ``amqp://user:pass@host:5672/vhost`` moves the broker to RabbitMQ; results and the
+    schedule stay in DATABASE_URL."""
 
     smtp_url: str | None = Field(default=None, repr=False)
     """SMTP_URL: ``smtp://user:pass@host:port`` (plain), ``smtps://`` (implicit TLS, port 465
@@ -119,10 +130,24 @@ class Settings(BaseSettings):
     def _check_mail_from(cls, value: str) -> str:
         return check_mail_from(value)
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_direct_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         return None if value in (None, "") else normalise_database_url(value)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        scheme = value.partition("://")[0]
+        if scheme in AMQP_SCHEMES:
+            check_amqp_url(value)
+            return value
+        if scheme not in POSTGRES_SCHEMES:
+            raise ValueError("must be a postgresql:// URL (pgjobs' broker, the default) or an "
+                             "amqp:// URL (RabbitMQ)")
+        return normalise_database_url(value)
 
     @field_validator("smtp_url")
     @classmethod
@@ -174,6 +199,19 @@ class Settings(BaseSettings):
                 "or run `pgjobs dev` for an embedded database"
             )
         return self.database_url
+
+    def require_direct_url(self) -> str:
+        """DATABASE_DIRECT_URL, or DATABASE_URL when it is unset."""
+        return self.database_direct_url or self.require_database_url()
+
+    def require_broker_url(self) -> str:
+        """BROKER_URL, or DATABASE_URL when it is unset."""
+        return self.broker_url or self.require_database_url()
+
+    @property
+    def broker_is_postgres(self) -> bool:
+        """Whether messages go through pgjobs' PostgreSQL broker (not RabbitMQ)."""
+        return self.broker_url is None or self.broker_url.startswith("postgresql://")
 
 
 @lru_cache(maxsize=1)

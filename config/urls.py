@@ -5,6 +5,8 @@ Passwords are masked by :func:`broker.urls.redact`, the one redactor of the proj
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import make_url
@@ -12,7 +14,7 @@ from sqlalchemy.exc import ArgumentError
 
 from broker.urls import redact
 
-_POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 # Seconds a connection attempt may take before it fails (libpq's connect_timeout), for
 # every connection pgjobs opens outside the broker, unless the URL names its own.
@@ -23,7 +25,7 @@ def normalise_database_url(url: str) -> str:
     """``url`` with its scheme made ``postgresql://``, otherwise exactly as given (its
     percent-encoding included); ValueError naming what is wrong otherwise."""
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in _POSTGRES_SCHEMES:
+    if not sep or scheme not in POSTGRES_SCHEMES:
         raise ValueError("must be a postgresql:// URL, e.g. postgresql://user:pass@host:5432/db")
     normalised = f"postgresql://{rest}"
     try:
@@ -39,6 +41,23 @@ def normalise_database_url(url: str) -> str:
     if parsed.port is not None and not 1 <= parsed.port <= 65535:
         raise ValueError(f"names port {parsed.port}; a port is from 1 to 65535")
     return normalised
+
+
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def check_amqp_url(url: str) -> None:
+    """ValueError naming what is wrong unless ``url`` is ``amqp[s]://[user:pass@]host[:port][/vhost]``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"is malformed: {redact(url)}; expected "
+                         "amqp://user:pass@host:5672/vhost") from None
+    if not parts.hostname:
+        raise ValueError("names no host; expected amqp://user:pass@host:5672/vhost")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"names port {port}; a port is from 1 to 65535")
 
 
 def with_connect_timeout(url: str) -> str:

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from config.celeryconfig import celery_config
 from config.settings import SettingsError, load_settings, parse_smtp_url
 
 
@@ -23,6 +24,12 @@ def test_given_no_database_url_when_required_then_error_names_variable():
          "DATABASE_URL names port 99999; a port is from 1 to 65535"),
         ("database_url", "postgresql://u:hunter2 x@h/db", "DATABASE_URL is malformed"),
         ("database_url", "postgresql://u@h/db?password=hunter2 x", "DATABASE_URL is malformed"),
+        ("database_direct_url", "postgresql://u:hunter2@h:port/db",
+         "DATABASE_DIRECT_URL is malformed"),
+        ("broker_url", "redis://u:hunter2@h:6379/0",
+         "BROKER_URL must be a postgresql:// URL (pgjobs' broker, the default) or an amqp://"),
+        ("broker_url", "amqp://u:hunter2@h:port/", "BROKER_URL is malformed"),
+        ("broker_url", "amqp://u:hunter2@:5672/", "BROKER_URL names no host"),
         ("smtp_url", "http://mail:25", "SMTP_URL must start with smtp://"),
         ("smtp_url", "smtp://u:hunter2@:25", "SMTP_URL names no host"),
         ("timezone", "Mars/Olympus", "TIMEZONE unknown time zone 'Mars/Olympus'"),
@@ -178,3 +185,34 @@ def test_sqlalchemy_url_adds_the_driver_and_the_connect_timeout_once():
     assert sqlalchemy_url(once) == once
     assert sqlalchemy_url("postgresql://h/db?sslmode=require&connect_timeout=9") == \
         "postgresql+psycopg://h/db?sslmode=require&connect_timeout=9"
+
+
+def test_direct_and_broker_urls_default_to_database_url():
+    settings = load_settings(database_url="postgresql://u@pooler:6432/db")
+    assert settings.require_direct_url() == "postgresql://u@pooler:6432/db"
+    assert settings.require_broker_url() == "postgresql://u@pooler:6432/db"
+    assert settings.broker_is_postgres
+
+
+def test_celery_config_sends_sessions_to_the_direct_url_and_the_rest_to_the_pooler():
+    settings = load_settings(database_url="postgresql://u@pooler:6432/db",
+                             database_direct_url="postgres://u@db:5432/db")
+    config = celery_config(settings)
+    assert config["broker_url"] == "postgresql://u@pooler:6432/db"
+    assert config["broker_transport_options"]["direct_url"] == "postgresql://u@db:5432/db"
+    assert config["result_backend"].endswith("+postgresql://u@pooler:6432/db")
+    assert config["result_backend_transport_options"]["direct_url"] == (
+        "postgresql://u@db:5432/db")
+    assert config["beat_dburi"].startswith("postgresql+psycopg://u@pooler:6432/db")
+    assert config["beat_lock_dburi"].startswith("postgresql+psycopg://u@db:5432/db")
+
+
+def test_an_amqp_broker_url_moves_only_the_broker_to_rabbitmq():
+    settings = load_settings(database_url="postgresql://u@db:5432/db",
+                             broker_url="amqp://guest:guest@rabbit:5672//")
+    config = celery_config(settings)
+    assert not settings.broker_is_postgres
+    assert config["broker_url"] == "amqp://guest:guest@rabbit:5672//"
+    assert "broker_transport" not in config
+    assert config["result_backend"].endswith("+postgresql://u@db:5432/db")
+    assert config["beat_dburi"].startswith("postgresql+psycopg://u@db:5432/db")

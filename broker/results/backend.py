@@ -15,6 +15,10 @@ Option (``result_backend_transport_options``):
 ``poll_interval`` (2.0)
     Seconds between safety-net reads of the rows a waiter waits for, in case a notification
     was missed. Waiters are normally woken by NOTIFY within milliseconds.
+``direct_url`` (None: the backend's URL)
+    A URL that reaches PostgreSQL itself, for the LISTEN connection of a process that waits
+    for results. Set it when the backend's URL points at a PgBouncer in transaction mode;
+    storing and reading results go through the pooler.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from broker.results.connection import Database, run, shared
 from broker.results.privacy import stores_arguments
 from broker.results.waiting import ResultConsumer
 from broker.transport import redact
+from broker.urls import direct_url
 
 DEFAULT_POLL_INTERVAL = 2.0
 _EXTENDED = ("name", "args", "kwargs", "worker", "retries", "queue")
@@ -68,6 +73,15 @@ def _poll_interval(options: dict[str, Any]) -> float:
     return seconds
 
 
+def _listen_conninfo(options: dict[str, Any], url: str) -> str:
+    try:
+        given = direct_url(options.get("direct_url"),
+                           "result_backend_transport_options direct_url")
+    except ValueError as error:
+        raise ImproperlyConfigured(str(error)) from None
+    return given or url
+
+
 class PostgresBackend(AsyncBackendMixin, Backend):
     """Celery result backend on PostgreSQL; see the module documentation."""
 
@@ -90,6 +104,7 @@ class PostgresBackend(AsyncBackendMixin, Backend):
         options = conf.get("result_backend_transport_options") or {}
         self.poll_interval = _poll_interval(options)
         self.conninfo = url
+        self.listen_conninfo = _listen_conninfo(options, url)
         # One connection per process, shared by every thread: safe to share the object too.
         self.thread_safe = True
         self._chord_parts = threading.local()

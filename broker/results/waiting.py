@@ -129,7 +129,7 @@ class ResultConsumer(BaseResultConsumer):
                  pending_messages: Any) -> None:
         super().__init__(backend, app, accept, pending_results, pending_messages)
         self.poll_interval: float = backend.poll_interval
-        self.listen = Listen(backend.conninfo)
+        self.listen = Listen(backend.listen_conninfo)
         self._reading = threading.Condition()
         self._reader_busy = False
         self._next_poll = 0.0

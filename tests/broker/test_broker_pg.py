@@ -22,6 +22,7 @@ from broker_helpers import (
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.asynchronous import Hub
 from kombu.exceptions import OperationalError
+from psycopg.conninfo import make_conninfo
 
 from broker import transport as transport_module
 from tests.polling import wait_until
@@ -384,6 +385,8 @@ def test_a_message_is_woken_through_the_event_loop(connect: Connect) -> None:
     ({"fault_timeout": 1}, "fault_timeout must be a number from 2 to 600"),
     ({"visibility_timeout": 10, "heartbeat_interval": 6},
      "heartbeat_interval must be at most half of visibility_timeout, got 6 and 10"),
+    ({"direct_url": "host=db password=s3cret x"},
+     "^broker transport option direct_url is not a PostgreSQL URL: host=db password=\\*\\* x;"),
 ])
 def test_options_are_validated_with_one_line_naming_the_option(
         db_url: str, options: dict[str, Any], complaint: str) -> None:
@@ -395,6 +398,17 @@ def test_synchronous_commit_is_applied_to_the_working_session(connect: Connect) 
     conn = connect(synchronous_commit="off")
     session = conn.transport.store.connect()
     assert session.execute("SHOW synchronous_commit").fetchone() == ("off",)
+
+
+def test_the_listen_connection_uses_the_direct_url(connect: Connect, db_url: str) -> None:
+    # A direct URL naming another database shows which session went where.
+    conn = connect(direct_url=make_conninfo(db_url, dbname="postgres"))
+    transport = conn.transport
+    transport.listener.ensure()
+    store = transport.store.connect()
+    databases = dict(store.execute("SELECT pid, datname FROM pg_stat_activity").fetchall())
+    assert databases[transport.listener.backend_pid] == "postgres"
+    assert databases[store.info.backend_pid] == store.info.dbname != "postgres"
 
 
 def test_an_unknown_synchronous_commit_is_refused_by_name(db_url: str) -> None:
