@@ -5,9 +5,11 @@ Tasks report to the benchmark over UDP on localhost (one datagram each), which c
 worker a single system call and adds no load to any broker being measured.
 
 Environment it reads (set by ``bench/run.py``):
-- ``BENCH_BROKER``: ``pgjobs``, ``sqla`` or ``redis``.
+- ``BENCH_BROKER``: ``pgjobs``, ``sqla``, ``redis`` or ``rabbitmq``.
 - ``BENCH_DATABASE_URL``: ``postgresql://...`` of the benchmark's own database.
 - ``BENCH_REDIS_URL``: ``redis://...`` for the Redis broker.
+- ``BENCH_RABBITMQ_URL``: ``amqp://...`` for the RabbitMQ broker (default
+  :data:`RABBITMQ_URL`).
 - ``BENCH_KEY_PREFIX``: prefix of every Redis key of this run (so they can be removed).
 - ``BENCH_QUEUE``: the queue the tasks go to.
 - ``BENCH_REPORT_TO``: ``host:port`` of the benchmark's UDP socket.
@@ -31,7 +33,8 @@ PROBE = "bench.probe"
 SLEEP = "bench.sleep"
 PART = "bench.part"
 COLLECT = "bench.collect"
-BROKERS = ("pgjobs", "sqla", "redis")
+BROKERS = ("pgjobs", "sqla", "redis", "rabbitmq")
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 BACKENDS = ("pgjobs", "db", "redis")
 
 
@@ -44,6 +47,8 @@ def broker_settings(broker: str, database_url: str, redis_url: str, prefix: str)
     if broker == "redis":
         return {"broker_url": redis_url,
                 "broker_transport_options": {"global_keyprefix": prefix}}
+    if broker == "rabbitmq":
+        return {"broker_url": os.environ.get("BENCH_RABBITMQ_URL", RABBITMQ_URL)}
     raise ValueError(f"unknown broker {broker!r}; use one of {', '.join(BROKERS)}")
 
 

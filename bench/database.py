@@ -64,3 +64,22 @@ def delete_redis_keys(redis_url: str, prefix: str) -> None:
     for key in client.scan_iter(match=prefix + "*", count=1000):
         client.delete(key)
     client.close()
+
+
+def rabbitmq_reachable(amqp_url: str) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(amqp_url, connect_timeout=5) as conn:
+            conn.connect()
+        return True
+    except OSError:
+        return False
+
+
+def delete_rabbitmq_queue(amqp_url: str, queue: str) -> None:
+    """Remove this run's queue from RabbitMQ (it is durable, so it would outlive the run)."""
+    from kombu import Connection
+
+    with Connection(amqp_url, connect_timeout=5) as conn:
+        conn.default_channel.queue_delete(queue)

@@ -51,8 +51,14 @@ from kombu import Producer
 if not __package__:  # run as a script: make `bench` and `config` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.app import BROKERS, NOOP, PROBE, build_app  # noqa: E402
-from bench.database import bench_database, delete_redis_keys, redis_reachable  # noqa: E402
+from bench.app import BROKERS, NOOP, PROBE, RABBITMQ_URL, build_app  # noqa: E402
+from bench.database import (  # noqa: E402
+    bench_database,
+    delete_rabbitmq_queue,
+    delete_redis_keys,
+    rabbitmq_reachable,
+    redis_reachable,
+)
 from broker.urls import redact  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -383,11 +389,17 @@ def _brokers(ctx: click.Context, param: click.Parameter, value: str) -> list[str
 @click.option("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
               show_default=True, help="PostgreSQL server on which the bench database is made.")
 @click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True)
-def main(brokers: list[str], server_url: str, redis_url: str, **sizes: float) -> None:
+@click.option("--rabbitmq-url", default=RABBITMQ_URL, show_default=True)
+def main(brokers: list[str], server_url: str, redis_url: str, rabbitmq_url: str,
+         **sizes: float) -> None:
     """Measure enqueue rate, drain throughput and latency per broker; print a table."""
     if "redis" in brokers and not redis_reachable(redis_url):
         raise click.ClickException(f"cannot reach Redis at {redact(redis_url)}; start it "
                                    "or set --redis-url, or leave redis out of --brokers")
+    if "rabbitmq" in brokers and not rabbitmq_reachable(rabbitmq_url):
+        raise click.ClickException(f"cannot reach RabbitMQ at {redact(rabbitmq_url)}; start "
+                                   "it or set --rabbitmq-url, or leave rabbitmq out of --brokers")
+    os.environ["BENCH_RABBITMQ_URL"] = rabbitmq_url  # the workers inherit it
     run_id = uuid.uuid4().hex[:10]
     logdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgjobs-bench-{run_id}"
     logdir.mkdir(parents=True)
@@ -402,6 +414,8 @@ def main(brokers: list[str], server_url: str, redis_url: str, **sizes: float) ->
         finally:
             if "redis" in brokers:
                 delete_redis_keys(redis_url, plan.prefix)
+            if "rabbitmq" in brokers:
+                delete_rabbitmq_queue(rabbitmq_url, plan.queue)
     click.echo(table(results))
     if any(r.error for r in results):
         raise SystemExit(1)
