@@ -224,6 +224,10 @@ class Leadership:
         return self._connection
 
     def _unreachable(self, reason: str) -> None:
+        if "unsupported startup parameter" in reason:
+            # A transaction-pooling PgBouncer: the lock is a session's, so it cannot go there.
+            reason += ("; the leader lock needs a session on PostgreSQL itself: point "
+                       "DATABASE_DIRECT_URL (Celery's beat_lock_dburi) past the pooler")
         if not self.leading and not self._unreachable_logged:
             logger.warning("beat: %s cannot reach the database (%s); retrying every second",
                            self.identity, reason)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.acceptance.deploy_scenario import run_deployment
 from tests.broker import pgbouncer
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.acceptance
 
@@ -36,3 +37,13 @@ def test_worker_beat_and_producer_run_through_pgbouncer(procfile_env, smtp_inbox
         assert "pgjobs-broker-listen" in names
         assert any(name.startswith("pgjobs-beat:") for name in names)
         assert len(names) <= POOL_SIZE + 2, names
+
+
+def test_beat_behind_pgbouncer_without_a_direct_url_says_what_to_set(procfile_env, app_db):
+    with pgbouncer.pgbouncer(app_db, pool_size=POOL_SIZE) as bouncer_url:
+        procfile_env.env.update(DATABASE_URL=bouncer_url)
+        log = procfile_env.start("beat")
+        line = wait_until(lambda: next((text for text in log.read_text().splitlines()
+                                        if "cannot reach the database" in text), None),
+                          60, "beat to say why it cannot lead", log.read_text)
+        assert "point DATABASE_DIRECT_URL (Celery's beat_lock_dburi) past the pooler" in line
