@@ -19,5 +19,9 @@ class TransientEmailError(EmailError):
     """The SMTP server was unreachable or answered 4xx: the task retries with backoff."""
 
 
+class EmailInProgressError(TransientEmailError):
+    """Another delivery of the same task id holds the lease: retried once the lease lapsed."""
+
+
 class RetentionConfigError(Exception):
     """A retention rule names a table or column that cannot be cleaned: fix RETENTION_TABLES."""

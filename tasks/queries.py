@@ -12,15 +12,53 @@ from psycopg import sql
 from sqlalchemy import text
 
 # -- sent-email log ---------------------------------------------------------------------------
+# A row is "sending" while lease_until is set (its lease_holder may send until then), and
+# "sent" once lease_until is NULL. Rows written by releases before the lease columns
+# existed have NULL there: they were committed after the send, so "sent" is right for them.
+# Every statement runs in a transaction of its own, never across the SMTP exchange.
 
-# Claims a task id. While the claiming transaction is open, a second delivery of the
-# same task blocks on the primary key, then sees the committed row and inserts nothing.
+# Takes the lease: a new row, or a row whose lease lapsed (its holder died mid-send). A row
+# being inserted by a concurrent claim makes this wait for that claim's short transaction.
 CLAIM_SENT_EMAIL = text(
     """
-    INSERT INTO pgjobs_sent_email (task_id, recipient, subject, message_id)
-    VALUES (:task_id, :recipient, :subject, :message_id)
-    ON CONFLICT (task_id) DO NOTHING
+    INSERT INTO pgjobs_sent_email AS e
+      (task_id, recipient, subject, message_id, lease_holder, lease_until)
+    VALUES (:task_id, :recipient, :subject, :message_id, :holder,
+            now() + make_interval(secs => :lease_seconds))
+    ON CONFLICT (task_id) DO UPDATE
+      SET recipient = EXCLUDED.recipient, subject = EXCLUDED.subject,
+          message_id = EXCLUDED.message_id, lease_holder = EXCLUDED.lease_holder,
+          lease_until = EXCLUDED.lease_until, sent_at = now()
+      WHERE e.lease_until < now()
     RETURNING task_id
+    """
+)
+
+# Why a claim was not granted: already sent, or how long another holder's lease still runs.
+SENT_EMAIL_STATE = text(
+    """
+    SELECT lease_until IS NULL AS sent,
+           greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS seconds_left
+    FROM pgjobs_sent_email
+    WHERE task_id = :task_id
+    """
+)
+
+# Only the holder may mark its row sent, even after its lease lapsed, unless another
+# delivery took the lease over meanwhile. lease_holder stays: it names who sent the email.
+MARK_EMAIL_SENT = text(
+    """
+    UPDATE pgjobs_sent_email SET lease_until = NULL, sent_at = now()
+    WHERE task_id = :task_id AND lease_holder = :holder AND lease_until IS NOT NULL
+    RETURNING task_id
+    """
+)
+
+# Gives the lease back after a failed exchange, so that the task's retry may send.
+RELEASE_SENT_EMAIL = text(
+    """
+    DELETE FROM pgjobs_sent_email
+    WHERE task_id = :task_id AND lease_holder = :holder AND lease_until IS NOT NULL
     """
 )
 

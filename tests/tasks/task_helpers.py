@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +47,41 @@ class Mailbox:
     def messages(self) -> list[EmailMessage]:
         return [message_from_bytes(e.original_content, policy=policy.default)
                 for e in self.envelopes]
+
+
+class Gate:
+    """Holds the first SMTP session that reaches a step (RCPT or DATA) until ``opened`` is
+    set; ``reached`` is set while it holds. Later sessions go through."""
+
+    def __init__(self) -> None:
+        self.reached, self.opened = threading.Event(), threading.Event()
+
+    async def pass_through(self) -> None:
+        if self.reached.is_set():
+            return
+        self.reached.set()
+        while not self.opened.is_set():
+            await asyncio.sleep(0.01)
+
+
+def hold_first(mailbox: Mailbox, step: str) -> Gate:
+    """Make ``mailbox`` hold the first session at ``step`` ("RCPT" or "DATA")."""
+    gate, accept_data = Gate(), mailbox.handle_DATA
+
+    async def rcpt(server, session, envelope, address, options) -> str:
+        await gate.pass_through()
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def data(server, session, envelope) -> str:
+        await gate.pass_through()
+        return await accept_data(server, session, envelope)
+
+    if step == "RCPT":
+        mailbox.handle_RCPT = rcpt
+    else:
+        mailbox.handle_DATA = data
+    return gate
 
 
 def authenticate(server, session, envelope, mechanism, auth_data) -> AuthResult:

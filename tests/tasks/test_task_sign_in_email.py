@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
+import time
 
 import psycopg
 import pytest
@@ -16,14 +16,16 @@ from tasks.errors import InvalidAddressError, PermanentEmailError, TransientEmai
 from tasks.message import sign_in_message
 from tasks.sign_in import MAX_RETRIES, RETRY_BACKOFF_MAX_SECONDS, RETRY_BACKOFF_SECONDS
 from tasks.smtp import deliver
-from tests.polling import wait_until
 
 KWARGS = {"email": "ada@example.com", "name": "Ada <Lovelace>", "code": "493 817"}
 
 
-def sent_rows(db_url: str) -> list[tuple[str, str]]:
+def sent_rows(db_url: str) -> list[tuple[str, str, str]]:
+    """Every row of the sent-email log: (task id, recipient, "sent" or "sending")."""
     with psycopg.connect(db_url) as conn:
-        return conn.execute("SELECT task_id, recipient FROM pgjobs_sent_email").fetchall()
+        return conn.execute(
+            "SELECT task_id, recipient, CASE WHEN lease_until IS NULL THEN 'sent' ELSE 'sending'"
+            " END FROM pgjobs_sent_email ORDER BY task_id").fetchall()
 
 
 def test_email_arrives_with_text_and_html_parts_carrying_the_code(mailbox, app_db):
@@ -40,7 +42,7 @@ def test_email_arrives_with_text_and_html_parts_carrying_the_code(mailbox, app_d
     assert "493 817" in text and "Ada <Lovelace>" in text
     assert "493 817" in html and "Ada &lt;Lovelace&gt;" in html and "<Lovelace>" not in html
     # And it is recorded as sent under its task id
-    assert sent_rows(app_db) == [("t-arrives", "ada@example.com")]
+    assert sent_rows(app_db) == [("t-arrives", "ada@example.com", "sent")]
     assert result.result["sent"] is True
 
 
@@ -115,10 +117,11 @@ def test_4xx_then_accepted_sends_once(mailbox, app_db):
     with recorded_retries() as countdowns:
         result = send_sign_in_email.apply(kwargs=KWARGS, task_id="t-450")
 
-    # Then one retry delivered the email, recorded once
+    # Then the failed attempt gave its lease back, and one retry delivered the email,
+    # recorded once as sent
     assert result.successful(), result.traceback
     assert len(countdowns) == 1 and len(mailbox.messages) == 1
-    assert sent_rows(app_db) == [("t-450", "ada@example.com")]
+    assert sent_rows(app_db) == [("t-450", "ada@example.com", "sent")]
 
 
 def test_connection_refused_is_retried(app_db, settings_env):
@@ -173,7 +176,7 @@ def test_without_smtp_url_the_email_goes_to_the_outbox(app_db, settings_env, tmp
     assert eml.suffix == ".eml" and "t-outbox" in eml.name
     assert b"493 817" in eml.read_bytes()
     assert [r for r in caplog.records if str(eml) in r.getMessage()]
-    assert sent_rows(app_db) == [("t-outbox", "ada@example.com")]
+    assert sent_rows(app_db) == [("t-outbox", "ada@example.com", "sent")]
 
 
 def test_implicit_tls_smtps_delivers(app_db, settings_env, tls_controller_factory,
@@ -225,55 +228,6 @@ def test_wrong_password_fails_without_revealing_it(app_db, settings_env, tls_con
     assert handler.messages == []
 
 
-
-
-def blocked_on_sent_email_row(db_url: str) -> bool:
-    with psycopg.connect(db_url) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND query LIKE '%pgjobs_sent_email%'"
-        ).fetchone()[0] > 0
-
-
-def test_concurrent_duplicate_delivery_waits_then_sends_nothing(mailbox, app_db):
-    # Given a first delivery paused while the SMTP server holds its message
-    received, release = threading.Event(), threading.Event()
-
-    async def hold_then_accept(server, session, envelope):
-        received.set()
-        while not release.is_set():
-            await asyncio.sleep(0.01)
-        mailbox.envelopes.append(envelope)
-        return "250 Message accepted"
-
-    mailbox.handle_DATA = hold_then_accept
-    results: dict[str, object] = {}
-
-    def deliver(label: str) -> None:
-        results[label] = send_sign_in_email.apply(kwargs=KWARGS, task_id="t-dup")
-
-    first = threading.Thread(target=deliver, args=("first",))
-    second = threading.Thread(target=deliver, args=("second",))
-    try:
-        first.start()
-        assert received.wait(15)
-
-        # When a duplicate of the same task starts meanwhile
-        second.start()
-
-        # Then it waits on the first one's row instead of sending
-        wait_until(lambda: blocked_on_sent_email_row(app_db))
-    finally:
-        release.set()
-        first.join(30)
-        second.join(30)
-
-    # And once the first commits, the duplicate finds the row and sends nothing
-    assert results["first"].result["sent"] is True
-    assert results["second"].result["sent"] is False
-    assert len(mailbox.messages) == 1 and len(sent_rows(app_db)) == 1
-
-
 @pytest.mark.parametrize(("reply", "error"), [("550 5.1.1 No such user", PermanentEmailError),
                                                ("450 4.2.0 Greylisted", TransientEmailError)])
 def test_recipient_refusal_is_sorted_by_reply_class(mailbox, reply, error):
@@ -300,3 +254,62 @@ def test_silent_server_times_out_as_transient():
         # When the message is handed over with a short timeout, Then it may be retried
         with pytest.raises(TransientEmailError, match="timed out"):
             deliver(message, target, timeout=0.5)
+
+
+def test_an_exchange_past_its_deadline_sends_nothing_more():
+    # Given a deadline that has passed, and a server listening
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        target = SmtpTarget(host="127.0.0.1", port=server.getsockname()[1])
+        message = sign_in_message("ada@example.com", "Ada", "1", "pgjobs <no-reply@example.com>")
+
+        # When the message is handed over, Then it may be retried, and no connection was made
+        with pytest.raises(TransientEmailError, match="deadline"):
+            deliver(message, target, deadline=time.monotonic() - 1)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+
+
+def test_the_deadline_cuts_short_a_step_with_a_longer_timeout():
+    # Given a server that never greets, and a step timeout far longer than the deadline
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = SmtpTarget(host="127.0.0.1", port=silent.getsockname()[1])
+        message = sign_in_message("ada@example.com", "Ada", "1", "pgjobs <no-reply@example.com>")
+        errors: list[Exception] = []
+
+        def hand_over() -> None:
+            try:
+                deliver(message, target, timeout=600, deadline=time.monotonic() + 0.5)
+            except Exception as error:  # noqa: BLE001 - the test looks at what it was
+                errors.append(error)
+
+        # When the message is handed over
+        worker = threading.Thread(target=hand_over, daemon=True)
+        worker.start()
+        worker.join(30)
+
+        # Then it gave up by the deadline, not after the step timeout, as a transient failure
+        assert not worker.is_alive()
+        [error] = errors
+        assert isinstance(error, TransientEmailError) and "timed out" in str(error)
+
+
+def test_a_refused_goodbye_after_the_message_was_accepted_is_a_success(mailbox, app_db):
+    # Given a server that accepts the message, then answers QUIT with an error
+    async def refuse_quit(server, session, envelope):
+        return "421 4.3.0 Closing"
+
+    mailbox.handle_QUIT = refuse_quit
+
+    # When the task runs
+    with recorded_retries() as countdowns:
+        result = send_sign_in_email.apply(kwargs=KWARGS, task_id="t-quit")
+
+    # Then it succeeded without a retry (which would send a second email)
+    assert result.successful(), result.traceback
+    assert countdowns == [] and len(mailbox.envelopes) == 1
+    assert sent_rows(app_db) == [("t-quit", "ada@example.com", "sent")]
