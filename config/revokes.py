@@ -8,10 +8,12 @@ when a task was revoked, or started later, or every worker after a restart, woul
   ``pgjobs_revoked_task`` before broadcasting a ``revoke``, whichever way it is sent
   (``AsyncResult.revoke``, ``app.control.revoke``, ``celery control revoke``, Flower).
 - Running: :class:`LoadRevokes`, a worker bootstep, loads every stored id into the worker's
-  revoked set before the worker consumes anything, then every ``REFRESH_SECONDS`` merges
-  the ids stored since (revokes broadcast while it was starting), and every
-  ``RELOAD_SECONDS`` all of them again, because Celery forgets a revoke after
-  ``REVOKE_EXPIRES`` (3 h) and an ETA can lie further ahead.
+  revoked set before the worker consumes anything, then merges the ids stored since: every
+  ``REFRESH_SECONDS`` for ``STARTING_SECONDS`` (revokes broadcast while it was starting,
+  before it listened to broadcasts), then every ``SETTLED_REFRESH_SECONDS`` on a
+  connection opened for the purpose (so an idle worker neither queries nor holds a
+  connection for this in between); and every ``RELOAD_SECONDS`` all of them again, because
+  Celery forgets a revoke after ``REVOKE_EXPIRES`` (3 h) and an ETA can lie further ahead.
 
 Rows are deleted by ``delete_old_data`` after ``REVOKE_RETENTION_DAYS``. A worker holds at
 most ``CELERY_WORKER_REVOKES_MAX`` (50,000) revokes in memory, the newest ones. Revokes by
@@ -21,6 +23,7 @@ stamped header (``revoke_by_stamped_headers``) stay in memory only, as in Celery
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +40,8 @@ from config.settings import get_settings
 logger = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 2.0
+STARTING_SECONDS = 60.0
+SETTLED_REFRESH_SECONDS = 60.0
 RELOAD_SECONDS = min(1800.0, worker_state.REVOKE_EXPIRES / 2)
 # Rows are stamped with their transaction's start and may commit out of order: look back.
 _LOOK_BACK = timedelta(seconds=60)
@@ -80,11 +85,25 @@ class LoadRevokes(bootsteps.StartStopStep):
         self._conn: psycopg.Connection | None = None
         self._since: datetime | None = None
         self._timers: list[Any] = []
+        self._settles_at = 0.0
+        self._next_refresh = 0.0
 
     def start(self, worker: Any) -> None:
+        self._settles_at = time.monotonic() + STARTING_SECONDS
+        self._next_refresh = 0.0
         self.load(full=True)
-        self._timers = [worker.timer.call_repeatedly(REFRESH_SECONDS, self.load),
+        self._timers = [worker.timer.call_repeatedly(REFRESH_SECONDS, self.refresh),
                         worker.timer.call_repeatedly(RELOAD_SECONDS, self.load, (True,))]
+
+    def refresh(self) -> None:
+        """Merge recent revokes: at every call while starting, then once in a while."""
+        now = time.monotonic()
+        if now < self._settles_at:
+            self.load()
+        elif now >= self._next_refresh:
+            self._next_refresh = now + SETTLED_REFRESH_SECONDS
+            self.load()
+            self._close()
 
     def stop(self, worker: Any) -> None:
         for timer in self._timers:

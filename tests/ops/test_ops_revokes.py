@@ -66,3 +66,43 @@ def test_a_revoke_survives_a_restart_of_every_worker(app_db, processes, sql):
     wait_until(lambda: state(sql, kept) == "SUCCESS", 30, "the kept task", processes.logs)
     wait_until(lambda: state(sql, revoked) == "REVOKED", 30, "the revoke", processes.logs)
     assert (runs(sql, kept), runs(sql, revoked)) == (1, 0)
+
+
+def _revoke_sessions(sql) -> int:
+    return sql("SELECT count(*) FROM pg_stat_activity"
+               " WHERE application_name = 'pgjobs-revokes' AND datname = current_database()",
+               {})[0][0]
+
+
+def test_a_settled_worker_reads_revokes_once_a_minute_on_a_connection_it_then_closes(
+        app_db, sql, monkeypatch):
+    from celery.worker import state as worker_state
+
+    from config import revokes
+
+    clock = [1000.0]
+    monkeypatch.setattr(revokes.time, "monotonic", lambda: clock[0])
+    step = revokes.LoadRevokes(parent=None)
+    step._settles_at = clock[0] + revokes.STARTING_SECONDS
+
+    # while starting, every refresh reads on a connection it keeps
+    revokes.record(["revoked-while-starting"])
+    step.refresh()
+    assert "revoked-while-starting" in worker_state.revoked
+    assert _revoke_sessions(sql) == 1
+
+    # once settled, a refresh reads and lets go of the connection...
+    clock[0] += revokes.STARTING_SECONDS + 1
+    revokes.record(["revoked-later"])
+    step.refresh()
+    assert "revoked-later" in worker_state.revoked
+    assert _revoke_sessions(sql) == 0
+
+    # ...and the next refreshes within the minute do not read at all
+    revokes.record(["revoked-within-the-minute"])
+    clock[0] += revokes.SETTLED_REFRESH_SECONDS - 1
+    step.refresh()
+    assert "revoked-within-the-minute" not in worker_state.revoked
+    clock[0] += 1
+    step.refresh()
+    assert "revoked-within-the-minute" in worker_state.revoked
