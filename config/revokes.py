@@ -8,12 +8,13 @@ when a task was revoked, or started later, or every worker after a restart, woul
   ``pgjobs_revoked_task`` before broadcasting a ``revoke``, whichever way it is sent
   (``AsyncResult.revoke``, ``app.control.revoke``, ``celery control revoke``, Flower).
 - Running: :class:`LoadRevokes`, a worker bootstep, loads every stored id into the worker's
-  revoked set before the worker consumes anything, then merges the ids stored since: every
-  ``REFRESH_SECONDS`` for ``STARTING_SECONDS`` (revokes broadcast while it was starting,
-  before it listened to broadcasts), then every ``SETTLED_REFRESH_SECONDS`` on a
-  connection opened for the purpose (so an idle worker neither queries nor holds a
-  connection for this in between); and every ``RELOAD_SECONDS`` all of them again, because
-  Celery forgets a revoke after ``REVOKE_EXPIRES`` (3 h) and an ETA can lie further ahead.
+  revoked set before the worker consumes anything. Then it merges the ids stored since:
+  every ``REFRESH_SECONDS`` until ``SETTLE_SECONDS`` after the worker is ready (revokes
+  broadcast while it was starting, before it listened to broadcasts), then every
+  ``SETTLED_REFRESH_SECONDS`` on a connection opened for the purpose, so an idle worker
+  neither queries nor holds a connection for this in between. Every ``RELOAD_SECONDS`` it
+  loads all of them again: Celery forgets a revoke after ``REVOKE_EXPIRES`` (3 h), and an
+  ETA can lie further ahead.
 
 Rows are deleted by ``delete_old_data`` after ``REVOKE_RETENTION_DAYS``. A worker holds at
 most ``CELERY_WORKER_REVOKES_MAX`` (50,000) revokes in memory, the newest ones. Revokes by
@@ -23,12 +24,13 @@ stamped header (``revoke_by_stamped_headers``) stay in memory only, as in Celery
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from celery import bootsteps
+from celery import bootsteps, signals
 from celery.app.control import Control as CeleryControl
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
@@ -40,7 +42,7 @@ from config.settings import get_settings
 logger = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 2.0
-STARTING_SECONDS = 60.0
+SETTLE_SECONDS = 10.0
 SETTLED_REFRESH_SECONDS = 60.0
 RELOAD_SECONDS = min(1800.0, worker_state.REVOKE_EXPIRES / 2)
 # Rows are stamped with their transaction's start and may commit out of order: look back.
@@ -89,11 +91,17 @@ class LoadRevokes(bootsteps.StartStopStep):
         self._next_refresh = 0.0
 
     def start(self, worker: Any) -> None:
-        self._settles_at = time.monotonic() + STARTING_SECONDS
+        self._settles_at = math.inf
         self._next_refresh = 0.0
+        signals.worker_ready.connect(self.ready, weak=False)
         self.load(full=True)
         self._timers = [worker.timer.call_repeatedly(REFRESH_SECONDS, self.refresh),
                         worker.timer.call_repeatedly(RELOAD_SECONDS, self.load, (True,))]
+
+    def ready(self, **_: Any) -> None:
+        """The worker listens to broadcasts now: soon, stored revokes need reading only
+        once in a while."""
+        self._settles_at = time.monotonic() + SETTLE_SECONDS
 
     def refresh(self) -> None:
         """Merge recent revokes: at every call while starting, then once in a while."""
@@ -106,6 +114,7 @@ class LoadRevokes(bootsteps.StartStopStep):
             self._close()
 
     def stop(self, worker: Any) -> None:
+        signals.worker_ready.disconnect(self.ready)
         for timer in self._timers:
             timer.cancel()
         self._close()

@@ -83,16 +83,19 @@ def test_a_settled_worker_reads_revokes_once_a_minute_on_a_connection_it_then_cl
     clock = [1000.0]
     monkeypatch.setattr(revokes.time, "monotonic", lambda: clock[0])
     step = revokes.LoadRevokes(parent=None)
-    step._settles_at = clock[0] + revokes.STARTING_SECONDS
+    step._settles_at = revokes.math.inf
 
     # while starting, every refresh reads on a connection it keeps
+    clock[0] += 3600
     revokes.record(["revoked-while-starting"])
     step.refresh()
     assert "revoked-while-starting" in worker_state.revoked
     assert _revoke_sessions(sql) == 1
 
-    # once settled, a refresh reads and lets go of the connection...
-    clock[0] += revokes.STARTING_SECONDS + 1
+    # once settled, soon after the worker is ready, a refresh reads and lets go of the
+    # connection...
+    step.ready()
+    clock[0] += revokes.SETTLE_SECONDS + 1
     revokes.record(["revoked-later"])
     step.refresh()
     assert "revoked-later" in worker_state.revoked
