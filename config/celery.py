@@ -38,3 +38,13 @@ def _refuse_to_start_without_database(**_: object) -> None:
         check_database(get_settings().require_database_url())
     except SettingsError as error:
         raise SystemExit(f"pgjobs: {error}") from None
+
+
+# A pool child stores results on the tasks' own pooled connection instead of opening one of
+# its own: one connection per child for both (see the README's connection budget).
+@signals.worker_process_init.connect
+def _share_the_tasks_pool_with_results(**_: object) -> None:
+    from broker.results.connection import lend_connections
+    from tasks.db import lend
+
+    lend_connections(get_settings().require_database_url(), lend)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import psycopg
 from sqlalchemy import Engine, create_engine
 
 from config.settings import get_settings
@@ -43,6 +46,21 @@ def _create(url: str) -> Engine:
         # transaction-pooling PgBouncer.
         connect_args={"prepare_threshold": None},
     )
+
+
+@contextmanager
+def lend() -> Iterator[psycopg.Connection]:
+    """A connection of the engine's pool, as a plain psycopg connection with no transaction
+    open, for one operation of another library (the result backend); then back to the pool.
+    A connection that failed is dropped from the pool rather than handed out again."""
+    pooled = engine().raw_connection()
+    try:
+        yield pooled.driver_connection
+    except (psycopg.OperationalError, psycopg.InterfaceError):
+        pooled.invalidate()
+        raise
+    finally:
+        pooled.close()
 
 
 def _forget_inherited_connections() -> None:

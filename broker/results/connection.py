@@ -57,6 +57,7 @@ class Database:
         self._session = Session(conninfo, connect_timeout=connect_timeout,
                                 application_name=APPLICATION_NAME)
         self._lock = threading.RLock()
+        self._borrowed: psycopg.Connection | None = None
 
     def connect(self) -> psycopg.Connection:
         """The open connection, (re)opened if needed. Call with the lock held."""
@@ -67,18 +68,40 @@ class Database:
         self._session.close()
 
     @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """The connection for one operation: that of the operation it is nested in, a
+        borrowed one, or this process's own."""
+        with self._lock:
+            lender = _LENDERS.get(self.conninfo)
+            if self._borrowed is not None or lender is None:
+                yield self._borrowed or self.connect()
+                return
+            with lender() as conn:
+                self._borrowed = conn
+                try:
+                    yield conn
+                finally:
+                    self._borrowed = None
+
+    @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """The connection inside a transaction (a savepoint when one is already open)."""
-        with self._lock:
-            conn = self.connect()
-            with conn.transaction():
-                yield conn
+        with self._connection() as conn, conn.transaction():
+            yield conn
 
     def execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run a named statement on its own; its rows (none for a statement without)."""
-        with self._lock:
-            cursor = self.connect().execute(query(name), params)
+        with self._connection() as conn, _committed(conn):
+            cursor = conn.execute(query(name), params)
             return cursor.fetchall() if cursor.description else []
+
+
+def _committed(conn: psycopg.Connection) -> AbstractContextManager[Any]:
+    """A transaction around one statement on a borrowed connection outside autocommit (an
+    enclosing transaction, or autocommit, already makes it take effect)."""
+    if conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
+        return nullcontext()
+    return conn.transaction()
 
 
 def run(conn: psycopg.Connection, name: str, params: dict[str, Any]) -> psycopg.Cursor:

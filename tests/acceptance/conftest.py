@@ -50,11 +50,12 @@ class Processes:
         return subprocess.run(shlex.split(procfile()[role]), env=self.env, cwd=self.logdir,
                               capture_output=True, text=True, timeout=120)
 
-    def start(self, role: str) -> Path:
+    def start(self, role: str, *extra: str) -> Path:
+        """Start the Procfile's ``role``, with ``extra`` arguments; returns its log."""
         log = self.logdir / f"{role}-{len(self.running)}.log"
         with log.open("w") as out:
             self.running.append(subprocess.Popen(
-                shlex.split(procfile()[role]), env=self.env, cwd=self.logdir,
+                [*shlex.split(procfile()[role]), *extra], env=self.env, cwd=self.logdir,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         return log
 
