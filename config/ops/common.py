@@ -57,6 +57,21 @@ def database_url() -> str:
         raise click.ClickException(str(error)) from None
 
 
+def broker_database_url() -> str:
+    """The database the broker's tables live in (BROKER_URL, by default DATABASE_URL); a
+    one-line error when the broker is RabbitMQ, whose queues these commands cannot see."""
+    current = settings()
+    if not current.broker_is_postgres:
+        raise click.ClickException(
+            "BROKER_URL points at RabbitMQ, so the queues are RabbitMQ's: see them with "
+            "`rabbitmqctl list_queues` or its management UI, and the workers with "
+            "`celery -A config inspect`")
+    try:
+        return current.require_broker_url()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
 @contextmanager
 def database_errors(url: str) -> Iterator[None]:
     """Turn a database failure into one line naming the fix, exit status 1."""
@@ -74,8 +89,8 @@ def database_errors(url: str) -> Iterator[None]:
 
 @contextmanager
 def admin() -> Iterator[Admin]:
-    """The broker's operator API on DATABASE_URL, with one-line errors."""
-    url = database_url()
+    """The broker's operator API on its database, with one-line errors."""
+    url = broker_database_url()
     with database_errors(url), Admin(url) as api:
         yield api
 

@@ -12,7 +12,14 @@ import sqlalchemy as sa
 from beat import store as beat_store
 from broker.admin import Admin
 from config.ops import snapshot as snap
-from config.ops.common import OneLineCommand, database_errors, database_url, echo_json, settings
+from config.ops.common import (
+    OneLineCommand,
+    broker_database_url,
+    database_errors,
+    database_url,
+    echo_json,
+    settings,
+)
 from config.urls import sqlalchemy_url
 
 QUEUE_COLUMNS = ("QUEUE", "READY", "SCHEDULED", "IN FLIGHT", "DEAD", "OLDEST READY")
@@ -25,9 +32,10 @@ QUEUE_COLUMNS = ("QUEUE", "READY", "SCHEDULED", "IN FLIGHT", "DEAD", "OLDEST REA
 def status(as_json: bool, watch: float | None) -> None:
     """Queue depths, live workers, the beat leader and the next schedule runs."""
     url = database_url()
+    broker_url = broker_database_url()
     visibility_timeout = settings().visibility_timeout
     try:
-        with _sources(url) as (admin, engine):
+        with _sources(url, broker_url) as (admin, engine):
             while True:
                 with database_errors(url):
                     current = snap.take(admin, engine, visibility_timeout)
@@ -49,10 +57,10 @@ def _show(current: snap.Snapshot, as_json: bool, clear: bool) -> None:
 
 
 @contextmanager
-def _sources(url: str) -> Iterator[tuple[Admin, sa.Engine]]:
+def _sources(url: str, broker_url: str) -> Iterator[tuple[Admin, sa.Engine]]:
     engine = beat_store.create_engine(sqlalchemy_url(url))
     try:
-        with Admin(url) as admin:
+        with Admin(broker_url) as admin:
             yield admin, engine
     finally:
         engine.dispose()

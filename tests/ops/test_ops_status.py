@@ -157,3 +157,15 @@ def test_watch_repeats_until_interrupted(app_db, seeded):
     assert json.loads(first).keys() == json.loads(second).keys() == {
         "queues", "workers", "beat", "schedule"}
     assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("command", [("status",), ("dead", "list")])
+def test_with_the_broker_on_rabbitmq_the_broker_commands_say_where_to_look(cli, command):
+    result = cli(*command, env={"BROKER_URL": "amqp://guest:secret@rabbit:5672//"})
+    assert result.exit_code == 1
+    assert one_line_error(result) == (
+        "Error: BROKER_URL points at RabbitMQ, so the queues are RabbitMQ's: see them with "
+        "`rabbitmqctl list_queues` or its management UI, and the workers with "
+        "`celery -A config inspect`")
+    assert "secret" not in result.output
+
