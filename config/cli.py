@@ -52,8 +52,28 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade every pgjobs table. Safe to run twice, or from two hosts at once."""
-    _prepare(_direct_url())
+    url = _direct_url()
+    _prepare(url)
     click.echo("pgjobs: database is up to date")
+    _hint_grants(url)
+
+
+def _hint_grants(url: str) -> None:
+    """Name the roles granted before that this release's tables need granting to again."""
+    import psycopg
+
+    from config.errors import one_line
+    from config.grants import roles_behind
+
+    try:
+        behind = roles_behind(url)
+    except psycopg.Error as error:  # advice only: the migration itself succeeded
+        click.echo(f"pgjobs: could not check the runtime roles' grants ({one_line(error)})",
+                   err=True)
+        return
+    for role in behind:
+        click.echo(f"pgjobs: role {role} lacks privileges on this release's tables: "
+                   f"run `pgjobs grant {role}`")
 
 
 @main.command()
@@ -77,6 +97,10 @@ def dev(concurrency: int, no_beat: bool) -> None:
 
 
 main.add_command(schedule)
+
+from config.grants import grant_command as _grant  # noqa: E402
+
+main.add_command(_grant)
 
 # Operator commands (config/ops/).
 from config.ops.commands import register as _register_ops  # noqa: E402
