@@ -4,17 +4,23 @@ Every backend object of a process on the same database shares one :class:`Databa
 autocommit psycopg connection, opened lazily, reopened after it broke, and never reused
 across ``fork()`` (a pool child opens its own; the parent's is left alone, since closing it
 in the child would end the parent's session too). A lock serialises its use between threads.
+
+A process that already has a pool of connections to the same database (a worker's pool
+child, with the tasks' own engine) can lend it to the backend instead
+(:func:`lend_connections`): then the backend borrows one connection per operation and opens
+none of its own.
 """
 
 from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from broker.queries import load
 from broker.session import Session
@@ -25,6 +31,22 @@ LISTEN_APPLICATION_NAME = "pgjobs-results-listen"  # store_result looks for it
 
 _SHARED: dict[str, Database] = {}
 _SHARED_LOCK = threading.Lock()
+
+#: Lends a psycopg connection with no transaction open, for one operation, and takes it back.
+Lender = Callable[[], AbstractContextManager[psycopg.Connection]]
+_LENDERS: dict[str, Lender] = {}
+
+
+def lend_connections(conninfo: str, lender: Lender | None) -> None:
+    """From now on, this process's backend on ``conninfo`` borrows its connections from
+    ``lender`` (None: it opens its own again). The lender must reach the same database; the
+    backend runs every operation in a transaction of its own on what it borrowed, and gives
+    it back with no transaction open."""
+    if lender is None:
+        _LENDERS.pop(conninfo, None)
+    else:
+        _LENDERS[conninfo] = lender
+        shared(conninfo).discard()
 
 
 @atexit.register
