@@ -6,7 +6,8 @@ through the link, so ``cut()`` makes their connections half-open exactly as a de
 does: a firewall rule inside the namespace drops every packet that arrives, so nothing is
 closed or reset and no send fails (taking the link down, or dropping outgoing packets, makes
 sends fail at once, which is kinder than a dead network). Needs root,
-``ip netns`` and ``nft`` (Debian's nftables).
+``ip netns`` and ``nft`` (Debian's nftables); :func:`require` skips a test without them, and
+fails it in CI, where ``.ci/run`` installs nftables.
 """
 
 from __future__ import annotations
@@ -17,15 +18,43 @@ import shutil
 import socket
 import subprocess
 import threading
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from urllib.parse import quote
 
+import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 
 def available() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None and (
         shutil.which("nft") is not None)
+
+
+def require() -> None:
+    """Skip the calling test where no host can be made here; fail it in CI (``CI`` set),
+    which must run it."""
+    if available():
+        return
+    reason = "network namespaces need root, ip (iproute2) and nft (nftables)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; .ci/run installs nftables when it runs as root")
+    pytest.skip(reason)
+
+
+@contextmanager
+def linked_host(database_url: str) -> Iterator[tuple[Host, Relay]]:
+    """A :class:`Host` and a :class:`Relay` on its link to ``database_url``'s server; both
+    gone afterwards. Stop the processes run inside the host before leaving."""
+    host = Host()
+    try:
+        relay = Relay(host.gateway, database_url)
+        try:
+            yield host, relay
+        finally:
+            relay.close()
+    finally:
+        host.destroy()
 
 
 def _ip(*args: str) -> None:
