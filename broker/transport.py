@@ -67,7 +67,9 @@ given back (see :mod:`broker.consumer`). Only a clean close gives back everythin
 consumer whose heartbeat was away for nearly ``visibility_timeout`` (a paused process, a
 lost network) raises a connection error on its next claim or loop turn, so that Celery
 drops its prefetched messages, which others may hold by now, and declares its queues and
-bindings again. Acks, rejects and releases only ever touch messages the consumer holds.
+bindings again; a claim answered that late (the network stalled, or the process paused, while
+it was under way) hands out none of what it claimed. Acks, rejects and releases only ever
+touch messages the consumer holds.
 
 Queues: as in AMQP, an auto-delete queue goes (with its messages) when its last consumer
 goes, and a queue declared with ``x-expires`` goes once it has had no consumer for that long.
@@ -86,7 +88,7 @@ import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from time import monotonic
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from kombu.transport import virtual
@@ -272,6 +274,9 @@ class Transport(virtual.Transport):
         consumer = self.consumer
         if consumer is None or not consumer.heartbeat.expired():
             return
+        self._lease_lapsed()
+
+    def _lease_lapsed(self) -> NoReturn:
         if not self._lease_warned:
             logger.warning("pgjobs broker: no heartbeat for nearly visibility_timeout (%gs): "
                            "this process was paused or cut off; dropping what it prefetched "
@@ -286,11 +291,19 @@ class Transport(virtual.Transport):
         consumer = self._register()
         self.check_lease()
         try:
-            return self.store.claim(consumer.id, queues, limit, now, acks)
+            rows = self.store.claim(consumer.id, queues, limit, now, acks)
         except psycopg.errors.ForeignKeyViolation:
             # Our consumer row was rescued away: its leases and subscriptions are gone.
             consumer.heartbeat.lapsed = True
             raise LeaseExpired("the consumer's leases lapsed") from None
+        if rows and consumer.heartbeat.expired():
+            # The answer came back after the leases may have lapsed (a network stall that the
+            # connection survived, a pause of this process): these messages may run elsewhere
+            # by now. Hand out none of them; give back, once reconnected, those still ours.
+            ids = [row.id for row in rows]
+            consumer.settle(lambda store: store.release(ids, consumer.id), now=False)
+            self._lease_lapsed()
+        return rows
 
     def batches_acks(self) -> bool:
         """Acks wait for the next loop turn only on the event loop's own thread."""
