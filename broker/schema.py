@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib.resources import files
 
 TABLES = (
@@ -15,12 +16,28 @@ TABLES = (
 """The tables of ``schema.sql``, in an order safe to drop."""
 
 
-STEPS = ("schema.sql", "schema_subscriptions.sql", "schema_vacuum.sql")
-"""The DDL files, in the order they apply (pgjobs runs them as migrations 0002, 0004, 0008)."""
+STEPS = ("schema.sql", "schema_subscriptions.sql", "schema_vacuum.sql", "schema_wakeups.sql")
+"""The DDL files, in the order they apply (pgjobs runs them as migrations 0002, 0004, 0008,
+0010)."""
+
+# A function body between $$ and $$ holds semicolons of its own.
+_BODY = re.compile(r"(\$\$.*?\$\$)", re.DOTALL)
 
 
 def statements(step: str = "schema.sql") -> list[str]:
-    """The statements of one DDL file of :data:`STEPS` without comments, in order."""
+    """The statements of one DDL file of :data:`STEPS` without comments, in order. A function
+    body is quoted with ``$$`` (no other dollar quote), and no ``--`` appears inside a string."""
     text = files("broker").joinpath(step).read_text(encoding="utf-8")
     lines = [line.split("--", 1)[0].rstrip() for line in text.splitlines()]
-    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+    found, current = [], ""
+    for index, part in enumerate(_BODY.split("\n".join(lines))):
+        if index % 2:  # a function body: kept whole
+            current += part
+            continue
+        pieces = part.split(";")
+        current += pieces[0]
+        for piece in pieces[1:]:
+            found.append(current)
+            current = piece
+    found.append(current)
+    return [statement.strip() for statement in found if statement.strip()]
