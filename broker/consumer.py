@@ -80,7 +80,7 @@ class Consumer:
         """Consume through ``store``'s connection: register (or renew) this consumer's row,
         settle what waited for a connection, and take stock of the orphaned deliveries."""
         started = monotonic()
-        lapsed = store.beat(self.id, self.hostname, self.heartbeat.visibility_timeout)
+        lapsed = store.beat(self.id, self.hostname, self.heartbeat.visibility_timeout).lapsed
         self._reconcile(store, lapsed or self.heartbeat.lapsed)
         self.heartbeat.lapsed = False
         self.heartbeat.renewed(started)

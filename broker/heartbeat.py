@@ -1,10 +1,12 @@
 """The consumer heartbeat: one background thread per consumer.
 
-Every ``interval`` seconds it renews the consumer's row (one UPDATE, however many messages the
-consumer holds: that row is the lease of all of them), rescues the messages of consumers
-whose heartbeat is older than their visibility timeout, and lets due ETA messages into their
-queues. It has its own connection, so a task running in the consuming thread (solo pool, long
-ETA wait) never lets the leases lapse.
+Every ``interval`` seconds it renews the consumer's row (one statement, however many messages
+the consumer holds: that row is the lease of all of them). The same statement says when the
+first other consumer's heartbeat expires, and when the first unused ``x-expires`` queue does;
+the thread wakes up then, not before, to rescue the messages of that consumer (or delete that
+queue). While every consumer lives, a heartbeat is the only statement it sends. It has its
+own connection, so a task running in the consuming thread (solo pool, long ETA wait) never
+lets the leases lapse.
 
 It also tells its consumer when the leases may be gone (:meth:`Heartbeat.expired`): the last
 renewal is nearly ``visibility_timeout`` old (the process was paused, or PostgreSQL was out of
@@ -21,9 +23,18 @@ from time import monotonic
 
 import psycopg
 
-from broker.store import Store, first_line
+from broker.store import Beat, Store, first_line
 
 logger = logging.getLogger(__name__)
+
+# Wake this long after a heartbeat is due to expire: the rescue compares strictly.
+SLACK = 0.01
+
+
+def _rescue_due(beat: Beat) -> bool:
+    """Whether a consumer's heartbeat, or an unused queue, has expired."""
+    return any(due is not None and due <= 0
+               for due in (beat.consumer_expires_in, beat.queue_expires_in))
 
 
 class Heartbeat:
@@ -69,20 +80,36 @@ class Heartbeat:
 
     def _run(self) -> None:
         # Beat at once: a connection the heartbeat cannot make should show at start.
-        self.beat()
-        while not self._stop.wait(self.interval):
-            self.beat()
+        while not self._stop.wait(self.beat()):
+            pass
 
-    def beat(self) -> None:
-        """Renew, then rescue; a failure is logged once per outage and retried next time."""
+    def beat(self) -> float:
+        """Renew, and rescue if something expired; returns the seconds until the next beat
+        (earlier than ``interval`` when a rescue falls due before). A failure is logged once
+        per outage and retried after ``interval``."""
         started = monotonic()
         try:
-            lapsed = self.store.beat(self.consumer, self.hostname, self.visibility_timeout)
-            self.store.rescue()
-            self.store.promote()
+            beat = self.store.beat(self.consumer, self.hostname, self.visibility_timeout)
+            rescued = _rescue_due(beat)
+            if rescued:
+                self.store.rescue()
         except psycopg.Error as exc:
             self._on_error(exc)
-            return
+            return self.interval
+        self._renewed(started, beat.lapsed)
+        return self._next_beat(beat, rescued)
+
+    def _next_beat(self, beat: Beat, rescued: bool) -> float:
+        """Seconds to the next beat: ``interval``, or just after the next expiry. Right after
+        a rescue, not sooner than a second (or ``interval``): one that another consumer is
+        still carrying out must not make this thread spin."""
+        delay = self.interval
+        for due in (beat.consumer_expires_in, beat.queue_expires_in):
+            if due is not None:
+                delay = min(delay, max(due, 0.0) + SLACK)
+        return max(delay, min(self.interval, 1.0)) if rescued else delay
+
+    def _renewed(self, started: float, lapsed: bool) -> None:
         if lapsed:
             self.lapsed = True
             logger.warning("pgjobs broker: this consumer's heartbeat lapsed beyond "

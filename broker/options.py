@@ -64,9 +64,9 @@ class Spec:
 SPECS: dict[str, Spec] = {
     # Seconds after a consumer's last heartbeat before its messages return to their queue.
     "visibility_timeout": Spec(60.0, Range(1.0, DAY)),
-    # Seconds between heartbeats; None: min(5, visibility_timeout / 4).
+    # Seconds between heartbeats; None: visibility_timeout / 4.
     "heartbeat_interval": Spec(None, Range(0.1, DAY / 2)),
-    # Seconds between safety-net claims when no notification arrives.
+    # Seconds between claims while the LISTEN connection is down.
     "polling_interval": Spec(1.0, Range(0.01, 3600.0)),
     # Seconds before its ETA that a delayed message becomes claimable.
     "eta_lookahead": Spec(2.0, Range(0.01, 3600.0)),
@@ -101,7 +101,9 @@ def parse(raw: dict[str, Any]) -> Options:
     values = {name: _number(name, raw.get(name), spec) for name, spec in SPECS.items()}
     timeout = values["visibility_timeout"]
     if values["heartbeat_interval"] is None:
-        values["heartbeat_interval"] = min(5.0, timeout / 4)
+        # A quarter: three heartbeats may fail before the lease is in doubt, and an idle
+        # worker sends four statements per visibility_timeout to keep it.
+        values["heartbeat_interval"] = timeout / 4
     if values["heartbeat_interval"] * 2 > timeout:
         # A lease must survive a late or failed heartbeat, or live consumers are rescued and
         # their messages run twice.

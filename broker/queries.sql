@@ -13,11 +13,24 @@ SELECT to_regclass('pgjobs_broker_message') IS NOT NULL;
 -- name: consumer_beat
 -- Register or renew a consumer: its lease on every message it holds now runs until expires_at.
 -- "inserted" is true when the row had gone (its lease lapsed and another consumer rescued it).
-INSERT INTO pgjobs_broker_consumer (id, hostname, pid, expires_at)
-VALUES (%(consumer)s, %(hostname)s, %(pid)s,
-        statement_timestamp() + make_interval(secs => %(visibility_timeout)s))
-ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at
-RETURNING (xmax = 0) AS inserted;
+-- Also says when there will be something to rescue, in seconds from now (NULL: nothing): the
+-- first other consumer's heartbeat expires, and the first unused x-expires queue expires.
+WITH beat AS (
+    INSERT INTO pgjobs_broker_consumer (id, hostname, pid, expires_at)
+    VALUES (%(consumer)s, %(hostname)s, %(pid)s,
+            statement_timestamp() + make_interval(secs => %(visibility_timeout)s))
+    ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT inserted,
+       extract(epoch FROM (SELECT min(expires_at) FROM pgjobs_broker_consumer
+                           WHERE id <> %(consumer)s) - statement_timestamp())::float8,
+       extract(epoch FROM (SELECT min(q.idle_since + q.expires) FROM pgjobs_broker_queue q
+                           WHERE q.expires IS NOT NULL
+                             AND NOT EXISTS (SELECT 1 FROM pgjobs_broker_subscription s
+                                             WHERE s.queue = q.name))
+                          - statement_timestamp())::float8
+FROM beat;
 
 -- name: consumer_expired
 -- Consumers whose heartbeat is older than their visibility timeout; locked so that two

@@ -30,6 +30,15 @@ class SchemaMissing(Exception):
     """The database has no broker tables."""
 
 
+class Beat(NamedTuple):
+    """What a heartbeat learnt: whether the consumer's row had gone (its leases lapsed), and
+    in how many seconds there will be something to rescue (None: nothing)."""
+
+    lapsed: bool
+    consumer_expires_in: float | None
+    queue_expires_in: float | None
+
+
 def first_line(exc: BaseException) -> str:
     """A driver error in one log-friendly line (psycopg's messages span several)."""
     text = str(exc).strip()
@@ -97,11 +106,13 @@ class Store:
 
     # -- consumers and leases -------------------------------------------------------------
 
-    def beat(self, consumer: uuid.UUID, hostname: str, visibility_timeout: float) -> bool:
-        """Register or renew ``consumer``; True if its row had gone (its leases lapsed)."""
+    def beat(self, consumer: uuid.UUID, hostname: str, visibility_timeout: float) -> Beat:
+        """Register or renew ``consumer``, in one statement that also says when the next
+        rescue is due."""
         params = {"consumer": consumer, "hostname": hostname, "pid": os.getpid(),
                   "visibility_timeout": visibility_timeout}
-        return bool(self._one("consumer_beat", params)[0])
+        inserted, consumer_expires_in, queue_expires_in = self._one("consumer_beat", params)
+        return Beat(bool(inserted), consumer_expires_in, queue_expires_in)
 
     def rescue(self, now: datetime | None = None) -> int:
         """Give back the messages of consumers whose heartbeat expired, end their subscriptions,
