@@ -75,6 +75,10 @@ class Channel(virtual.Channel):
         self._turn = 0
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
+        # Queues this channel's consumer is busy on (publishing there wakes nobody), and
+        # whether the next claim must first say it waits for them again.
+        self._busy: set[str] = set()
+        self._waking = False
         # After the connection was lost: the consumer that keeps this channel's leases.
         self._orphaned = False
         self._adopter: Consumer | None = None
@@ -198,7 +202,8 @@ class Channel(virtual.Channel):
         result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         if no_ack:
             self._no_ack_queues.add(queue)
-        self.connection.start_consuming(queue)
+        self.connection.start_consuming(queue)  # also wakes the consumer for it again
+        self._busy.discard(queue)
         self.pending = True
         return result
 
@@ -209,6 +214,7 @@ class Channel(virtual.Channel):
             return  # the subscription lives on with the consumer
         if queue is not None and queue not in self._active_queues:
             self._no_ack_queues.discard(queue)
+            self._busy.discard(queue)
             self.connection.stop_consuming(queue)
 
     def deliver_ready(self, batch: bool = False) -> int:
@@ -224,17 +230,41 @@ class Channel(virtual.Channel):
         if not self.connection.outage.ready():
             return 0
         acks, self._acks = self._acks, []
+        waking = sorted(self._busy) if self._waking else []
+        busy = self._busy_candidates(queues, waking)
         rows = None
         try:
             with self.connection.outage.survive():
-                rows = self.connection.claim(queues, limit, acks=acks)
+                rows = self.connection.claim(queues, limit, acks=acks, busy=busy,
+                                             waking=waking)
         finally:
             if rows is None:
                 self._acks[:0] = acks  # not recorded: keep them for the next try, or the close
         if rows is None:
             return 0
-        self.pending = len(rows) >= limit
+        self._claimed(len(rows) >= limit, busy, waking)
         return self._hand_over(rows)
+
+    def _busy_candidates(self, queues: list[str], waking: list[str]) -> list[str]:
+        """The queues a full claim makes this consumer busy on: those it is not busy on yet,
+        and that no other channel of its connection consumes (that one may be waiting)."""
+        already = self._busy.difference(waking)
+        elsewhere = self.connection.queues_elsewhere(self)
+        return [queue for queue in queues if queue not in already and queue not in elsewhere]
+
+    def _claimed(self, full: bool, busy: list[str], waking: list[str]) -> None:
+        """Track what the claim told the database. A full claim: busy on ``busy``, and back
+        for more at the next chance. Short of full while busy on some queue: the consumer is
+        about to wait, so the next claim, at once, first says it waits for them again, then
+        looks once more (what was published meanwhile woke nobody)."""
+        self._busy.difference_update(waking)
+        self._waking = False
+        if full:
+            self._busy.update(busy)
+        elif self._busy:
+            self._waking = True
+            self.connection.wake()
+        self.pending = full or self._waking
 
     def _queues_in_turn(self) -> list[str]:
         """The consumed queues, starting one further along at each claim, so that a busy

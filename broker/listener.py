@@ -1,9 +1,15 @@
 """The dedicated LISTEN connection that wakes consumers.
 
-Notifications are a hint: the table is the truth, and consumers still poll. This connection
-is never pooled; when it drops it is reopened with backoff (one log line when lost, one when
-back), and everything is reported as notified on reconnect, since notifications sent while
-it was down are gone.
+Notifications are a hint: the table is the truth, and consumers still look now and then
+(the transport runs its safety net on this connection, which also proves it alive). This
+connection is never pooled; when it drops it is reopened with backoff (one log line when
+lost, one when back), and everything is reported as notified on reconnect, since
+notifications sent while it was down are gone.
+
+A notification's payload is ``''`` when its queue has messages ready, or ``eta:<seconds>``
+when a delayed message was published there that falls due in that many seconds: the second
+kind is not a reason to claim, only to promote that message when it falls due
+(:meth:`Listener.take_due`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 
@@ -22,21 +30,21 @@ from broker.store import first_line
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+ETA = "eta:"
 
 
 class Listener:
     """LISTENs on the wake-up channel of every queue it is given.
 
     ``conninfo`` should carry the fault budget (:func:`broker.store.fault_budget`): TCP
-    keepalives end a session the network dropped while idle. :meth:`check_alive` adds a query
-    after ``liveness`` seconds without traffic, for the networks where keepalives do not
-    reach the server (a proxy that answers them itself).
+    keepalives end a session the network dropped while idle. The queries of :meth:`ask`
+    cover the networks where keepalives do not reach the server (a proxy that answers them
+    itself).
     """
 
-    def __init__(self, conninfo: str, liveness: float = 30.0) -> None:
+    def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
-        self._liveness = liveness
-        self._heard_at = time.monotonic()
+        self._due_at: float | None = None
         self._conn: psycopg.Connection | None = None
         self._channels: set[str] = set()
         self._backoff = 0.0
@@ -81,7 +89,6 @@ class Listener:
             self._on_error(exc)
             return False
         self._backoff = 0.0
-        self._heard_at = time.monotonic()
         if self._lost:
             logger.warning("pgjobs broker: LISTEN connection restored")
             self._lost = False
@@ -92,8 +99,9 @@ class Listener:
         return self.wait(0.0)
 
     def wait(self, timeout: float) -> set[str]:
-        """Channels notified within ``timeout`` seconds (returns at the first). Every channel
-        counts as notified when the connection was just (re)opened."""
+        """Channels notified of ready messages within ``timeout`` seconds (returns at the
+        first notification). Every channel counts as notified when the connection was just
+        (re)opened."""
         if not self.connected:
             if self.ensure():
                 return set(self._channels)
@@ -101,31 +109,44 @@ class Listener:
             return set()
         assert self._conn is not None
         try:
-            notes = self._conn.notifies(timeout=timeout, stop_after=1)
-            channels = {note.channel for note in notes} | self._backlog()
+            notes = list(self._conn.notifies(timeout=timeout, stop_after=1))
+            notes += self._conn.notifies(timeout=0.0)  # the backlog
         except psycopg.Error as exc:
             self._on_error(exc)
             return set(self._channels)
-        if channels:
-            self._heard_at = time.monotonic()
-        return channels
+        return self._sort(notes)
 
-    def check_alive(self) -> None:
-        """After ``liveness`` seconds without a notification, make sure the server still
-        answers; a dead session is dropped (and reopened by :meth:`ensure`)."""
-        if not self.connected or time.monotonic() - self._heard_at < self._liveness:
-            return
+    def _sort(self, notes: Iterable[psycopg.Notify]) -> set[str]:
+        """The channels of ``notes`` announcing ready messages; the others' due times are
+        kept for :meth:`take_due`."""
+        ready = set()
+        for note in notes:
+            due_in = _due_in(note.payload)
+            if due_in is None:
+                ready.add(note.channel)
+            else:
+                due_at = time.monotonic() + due_in
+                self._due_at = due_at if self._due_at is None else min(self._due_at, due_at)
+        return ready
+
+    def take_due(self) -> float | None:
+        """The earliest time (monotonic) a delayed message announced since the last call
+        falls due, or None."""
+        due_at, self._due_at = self._due_at, None
+        return due_at
+
+    def ask(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Run the named query on this connection; its row, or None when the connection is
+        down or fails (then dropped, and reopened by :meth:`ensure`). Notifications received
+        meanwhile wait for the next :meth:`wait`."""
+        if not self.connected:
+            return None
         assert self._conn is not None
         try:
-            self._conn.execute(query("listener_alive"))
+            return self._conn.execute(query(name), params).fetchone()
         except psycopg.Error as exc:
             self._on_error(exc)
-            return
-        self._heard_at = time.monotonic()
-
-    def _backlog(self) -> set[str]:
-        assert self._conn is not None
-        return {note.channel for note in self._conn.notifies(timeout=0.0)}
+            return None
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -156,3 +177,13 @@ class Listener:
             self._lost = True
         self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
         self._next_attempt = time.monotonic() + self._backoff
+
+
+def _due_in(payload: str) -> float | None:
+    """Seconds until due, of an ``eta:`` payload; None for any other (a ready queue)."""
+    if not payload.startswith(ETA):
+        return None
+    try:
+        return max(0.0, float(payload[len(ETA):]))
+    except ValueError:
+        return None

@@ -4,7 +4,8 @@ The loop reads two sockets of ours: the LISTEN connection (a notification means 
 work) and a wake-up pipe. The pipe is written when a prefetch window frees up while the loop
 may be asleep: a task that ran inside the loop (solo pool) or finished on a pool thread
 (threads pool) acks without any socket becoming readable, and without the pipe the next claim
-would wait for the safety-net poll, one batch per ``polling_interval``.
+would wait for the safety net. One timer of the loop's runs the transport's timed actions
+(:mod:`broker.schedule`): it is armed for the next one, never on a fixed period.
 
 Each loop turn checks the consumer's lease first, so a paused or cut-off worker stops handing
 out its prefetched messages before anything else happens in that turn.
@@ -29,7 +30,8 @@ class LoopBinding:
         self._loop: Any = None
         self._thread = 0
         self._watched_fd: int | None = None
-        self._timers: list[Any] = []
+        self._timer: Any = None
+        self._timer_at = 0.0
         # A socket pair rather than a pipe: a closed socket object refuses further writes,
         # where a closed pipe's number may already belong to another file.
         self._pipe: tuple[socket.socket, socket.socket] | None = None
@@ -51,18 +53,33 @@ class LoopBinding:
         loop.add_reader(self._pipe[0].fileno(), self._on_wake)
         self.watch()
         loop.on_tick.add(self._on_tick)
-        self._timers.append(loop.call_repeatedly(self.transport.polling_interval, self._on_poll))
+        self.plan()
 
     def unbind(self) -> None:
         if self._loop is None:
             return
         self._forget_fd()
         self._loop.on_tick.discard(self._on_tick)
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        self._disarm()
         self._close_pipe()
         self._loop = None
+
+    def plan(self) -> None:
+        """Arm the timer for the transport's next timed action, unless it is armed for that
+        moment or an earlier one (it re-plans when it fires)."""
+        at = self.transport.next_action_at()
+        if self._loop is None or at is None:
+            return
+        if self._timer is not None and self._timer_at <= at:
+            return
+        self._disarm()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def wake(self) -> None:
         """Make the loop turn once more without waiting; callable from any thread."""
@@ -86,10 +103,12 @@ class LoopBinding:
                 pass
         self._woken = False
         self.transport.deliver_all()
+        self.plan()
 
     def on_readable(self, fileno: int) -> None:
         self.transport.mark(self.transport.listener.drain())
         self.transport.deliver_all()
+        self.plan()
 
     def _on_tick(self) -> None:
         transport = self.transport
@@ -98,14 +117,13 @@ class LoopBinding:
             transport.mark_all()  # notifications sent while it was down are lost
         self.watch()
         transport.deliver_all()
+        self.plan()
 
-    def _on_poll(self) -> None:
-        transport = self.transport
-        transport.listener.ensure()
-        transport.listener.check_alive()
-        transport.maybe_promote()
-        transport.mark_all()
-        transport.deliver_all()
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.transport.run_due()
+        self.transport.deliver_all()
+        self.plan()
 
     # -- the LISTEN socket ------------------------------------------------------------------
 

@@ -1,14 +1,20 @@
 -- Every statement the broker runs, by name. Parsed once by broker/queries.py.
 -- Parameters are psycopg named placeholders; names of queues, exchanges and routing keys are
 -- always bound, never interpolated. Identifiers ({channel}) are composed with psycopg.sql.
--- A consumer is woken through the channel 'pgjobs_' || md5(queue) (39 bytes, any queue name).
+-- A consumer is woken through the channel 'pgjobs_' || md5(queue) (39 bytes, any queue name),
+-- always by pgjobs_broker_wake() (broker/schema_wakeups.sql), which notifies only the queues
+-- whose consumers may be waiting: payload '' for messages ready now, 'eta:<seconds>' for a
+-- delayed one falling due in that many seconds. Advisory locks (1885825649, hashtext(queue))
+-- order a consumer that starts waiting on a queue against the publishers to it (see there).
 --
 -- Tables touched: pgjobs_broker_consumer, pgjobs_broker_message, pgjobs_broker_queue,
 -- pgjobs_broker_subscription, pgjobs_broker_exchange, pgjobs_broker_binding,
 -- pgjobs_broker_dead_letter.
 
 -- name: schema_present
-SELECT to_regclass('pgjobs_broker_message') IS NOT NULL;
+-- The broker tables, and the newest part of the schema this code uses (migration 0010).
+SELECT to_regclass('pgjobs_broker_message') IS NOT NULL,
+       to_regprocedure('pgjobs_broker_wake(text[],text[],boolean)') IS NOT NULL;
 
 -- name: consumer_beat
 -- Register or renew a consumer: its lease on every message it holds now runs until expires_at.
@@ -32,6 +38,20 @@ SELECT inserted,
                           - statement_timestamp())::float8
 FROM beat;
 
+-- name: consumer_waits
+-- The consumer is about to wait for the given queues: wake it for them again. Takes their
+-- advisory locks exclusively, in key order, until commit: the publishers to them that hold
+-- the lock now commit first; it then looks at the queues in a new transaction.
+WITH locked AS (
+    SELECT count(pg_advisory_xact_lock(1885825649, key)) AS keys
+    FROM (SELECT DISTINCT hashtext(q) AS key FROM unnest(%(queues)s::text[]) AS q
+          ORDER BY 1) AS wanted
+)
+UPDATE pgjobs_broker_consumer c
+SET busy = ARRAY(SELECT b FROM unnest(c.busy) AS b WHERE b <> ALL (%(queues)s::text[]))
+FROM locked
+WHERE c.id = %(consumer)s AND locked.keys >= 0;
+
 -- name: consumer_expired
 -- Consumers whose heartbeat is older than their visibility timeout; locked so that two
 -- rescuers never fight over one.
@@ -47,8 +67,7 @@ WITH released AS (
     WHERE consumer = ANY(%(consumers)s::uuid[])
     RETURNING queue
 )
-SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
-FROM (SELECT DISTINCT queue FROM released) AS woken;
+SELECT pgjobs_broker_wake(ARRAY(SELECT DISTINCT queue FROM released));
 
 -- name: subscriptions_lock
 -- Lock the queues that an unsubscribe may leave unused, in name order (no deadlocks), so that
@@ -83,6 +102,10 @@ WITH gone AS (
     RETURNING q.name
 ), unbound AS (
     DELETE FROM pgjobs_broker_binding b USING dropped d WHERE b.queue = d.name
+), forgotten AS (
+    UPDATE pgjobs_broker_consumer c SET busy = array_remove(c.busy, %(queue)s::text)
+    WHERE %(queue)s::text IS NOT NULL AND c.id = ANY(%(consumers)s::uuid[])
+      AND %(queue)s::text = ANY(c.busy)
 )
 DELETE FROM pgjobs_broker_message m USING dropped d WHERE m.queue = d.name;
 
@@ -109,6 +132,8 @@ DELETE FROM pgjobs_broker_consumer WHERE id = ANY(%(consumers)s::uuid[]);
 -- best of each, and so on; within a queue, priority (higher first), then publication order.
 -- Each queue is read through pgjobs_broker_message_ready; SKIP LOCKED keeps concurrent
 -- claimers from waiting on each other. The caller rotates the order from claim to claim.
+-- A claim that fills its limit makes the consumer busy on %(busy)s: it comes back to them by
+-- itself, and publishing to them no longer needs to wake it.
 WITH wanted AS (
     SELECT queue, position
     FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS w (queue, position)
@@ -130,6 +155,12 @@ WITH wanted AS (
     FROM candidates
     ORDER BY turn, position
     LIMIT %(limit)s
+), busy AS (
+    UPDATE pgjobs_broker_consumer c
+    SET busy = ARRAY(SELECT DISTINCT b FROM unnest(c.busy || %(busy)s::text[]) AS b ORDER BY 1)
+    WHERE c.id = %(consumer)s AND cardinality(%(busy)s::text[]) > 0
+      AND NOT c.busy @> %(busy)s::text[]
+      AND (SELECT count(*) FROM picked) >= %(limit)s
 )
 UPDATE pgjobs_broker_message m
 SET consumer = %(consumer)s, deliveries = m.deliveries + 1
@@ -139,8 +170,10 @@ RETURNING m.id, m.queue, m.deliveries, m.payload, picked.turn, picked.position;
 
 -- name: publish
 -- Route one message through its exchange (the default exchange '' names the queue itself),
--- insert one copy per target queue, and wake the queues whose copy is visible now.
--- Returns the number of copies inserted.
+-- insert one copy per target queue, and wake the queues whose consumers may be waiting (all
+-- of them if %(always)s): for a copy visible now, or for a delayed copy, with the seconds
+-- until it falls due (each copy goes to another queue). Returns the number of copies
+-- inserted.
 WITH target AS (
     SELECT %(routing_key)s::text AS queue
     WHERE %(exchange)s::text = ''
@@ -161,17 +194,22 @@ WITH target AS (
            COALESCE(%(visible_at)s::timestamptz > statement_timestamp(), false),
            %(payload)s
     FROM target
-    RETURNING queue, delayed
+    RETURNING queue, delayed, visible_at
 )
-SELECT
-    (SELECT count(*) FROM inserted),
-    (SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
-     FROM (SELECT DISTINCT queue FROM inserted WHERE NOT delayed) AS ready);
+SELECT count(*),
+       pgjobs_broker_wake(
+           array_agg(queue),
+           array_agg(CASE WHEN delayed
+                     THEN 'eta:' || extract(epoch FROM visible_at - statement_timestamp())
+                     ELSE '' END),
+           %(always)s)
+FROM inserted;
 
 -- name: publish_many
 -- The bulk form of publish: route each message of the arrays (one element per message, in
 -- order) as publish does, and insert one copy per target queue, ids in the order given. Wakes
--- nobody: returns the number of copies inserted and the queues given a visible copy, for one
+-- nobody: returns the number of copies inserted, the queues given a visible copy, and the
+-- queues given a delayed copy with the seconds until their first falls due, for one
 -- wake_queues per call.
 WITH message AS (
     SELECT *
@@ -202,20 +240,27 @@ WITH message AS (
     FROM target t
     JOIN message m ON m.position = t.position
     ORDER BY t.position, t.queue
-    RETURNING queue, delayed
+    RETURNING queue, delayed, visible_at
+), later AS (
+    SELECT queue, min(extract(epoch FROM visible_at - statement_timestamp()))::float8 AS due_in
+    FROM inserted WHERE delayed GROUP BY queue
 )
 SELECT
     (SELECT count(*) FROM inserted),
-    ARRAY(SELECT DISTINCT queue FROM inserted WHERE NOT delayed);
+    ARRAY(SELECT DISTINCT queue FROM inserted WHERE NOT delayed),
+    ARRAY(SELECT queue FROM later ORDER BY queue),
+    ARRAY(SELECT due_in FROM later ORDER BY queue);
 
 -- name: wake_queues
--- Wake the consumers of the given queues: one notification per queue.
-SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
-FROM unnest(%(queues)s::text[]) AS woken (queue);
+-- Wake the consumers of the given queues that may be waiting (every queue if %(always)s): one
+-- notification per queue and payload.
+SELECT pgjobs_broker_wake(%(queues)s::text[], %(payloads)s::text[], %(always)s);
 
 -- name: promote
 -- Delayed (ETA) messages whose time has come join their queue's ready rows; their queues
--- are woken. Run by every consumer each polling interval; SKIP LOCKED keeps them apart.
+-- are woken. Run by consumers when the first delayed message falls due; SKIP LOCKED keeps them
+-- apart. Returns how many, and the seconds until the next delayed message falls due (0: more
+-- are due now; NULL: none is delayed).
 WITH due AS (
     SELECT id FROM pgjobs_broker_message
     WHERE delayed AND visible_at <= COALESCE(%(now)s::timestamptz, statement_timestamp())
@@ -228,8 +273,13 @@ WITH due AS (
 )
 SELECT
     (SELECT count(*) FROM promoted),
-    (SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
-     FROM (SELECT DISTINCT queue FROM promoted) AS woken);
+    CASE WHEN (SELECT count(*) FROM due) >= %(limit)s THEN 0::float8
+    ELSE extract(epoch FROM (
+        SELECT min(visible_at) FROM pgjobs_broker_message
+        WHERE delayed AND visible_at > COALESCE(%(now)s::timestamptz, statement_timestamp()))
+        - COALESCE(%(now)s::timestamptz, statement_timestamp()))::float8
+    END,
+    pgjobs_broker_wake(ARRAY(SELECT DISTINCT queue FROM promoted));
 
 -- name: ack
 -- Delete the acknowledged messages that the consumer holds, or that nobody holds (given back
@@ -253,8 +303,7 @@ WITH released AS (
     WHERE id = ANY(%(ids)s::bigint[]) AND consumer = %(consumer)s
     RETURNING queue
 )
-SELECT count(pg_notify('pgjobs_' || md5(queue), '')::text)
-FROM (SELECT DISTINCT queue FROM released) AS woken;
+SELECT pgjobs_broker_wake(ARRAY(SELECT DISTINCT queue FROM released));
 
 -- name: dead_letter
 -- Move one message to the dead-letter table with the reason; as for ack, not one that another
@@ -371,8 +420,16 @@ UNLISTEN {channel};
 -- Bound the statements of the current transaction (claims): a claim never waits for long.
 SELECT set_config('statement_timeout', %(timeout)s, true);
 
--- name: listener_alive
-SELECT 1;
+-- name: probe
+-- The safety net, run on the LISTEN connection (which it also proves alive): which of the
+-- given queues have messages ready that no notification may have announced, and the seconds
+-- until the first delayed message falls due (NULL: none is delayed).
+SELECT ARRAY(SELECT q FROM unnest(%(queues)s::text[]) AS q
+             WHERE EXISTS (SELECT 1 FROM pgjobs_broker_message
+                           WHERE queue = q AND consumer IS NULL AND NOT delayed
+                             AND visible_at <= statement_timestamp())),
+       extract(epoch FROM (SELECT min(visible_at) FROM pgjobs_broker_message WHERE delayed)
+                          - statement_timestamp())::float8;
 
 -- name: begin
 BEGIN;

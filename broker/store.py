@@ -27,7 +27,7 @@ from broker.session import Session
 
 
 class SchemaMissing(Exception):
-    """The database has no broker tables."""
+    """The database has no broker tables, or lacks the newest of their migrations."""
 
 
 class Beat(NamedTuple):
@@ -37,6 +37,14 @@ class Beat(NamedTuple):
     lapsed: bool
     consumer_expires_in: float | None
     queue_expires_in: float | None
+
+
+class Promotion(NamedTuple):
+    """What a promotion did: how many delayed messages became ready, and in how many seconds
+    the next one falls due (0: more are due now; None: none is delayed)."""
+
+    promoted: int
+    next_due_in: float | None
 
 
 def first_line(exc: BaseException) -> str:
@@ -86,10 +94,15 @@ class Store:
         return self._one("autovacuum_off", {})[0]
 
     def check_schema(self) -> None:
-        if not self._one("schema_present", {})[0]:
+        tables, current = self._one("schema_present", {})
+        if not tables:
             raise SchemaMissing(
                 "the broker tables are missing from this database: run `pgjobs migrate` "
                 "(Alembic revision 0002) first")
+        if not current:
+            raise SchemaMissing(
+                "the broker tables in this database predate this pgjobs: run `pgjobs migrate` "
+                "(Alembic revision 0010) first")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -136,7 +149,11 @@ class Store:
         self._execute("consumer_delete", {"consumers": consumers})
 
     def subscribe(self, queue: str, consumer: uuid.UUID) -> None:
-        self._execute("subscribe", {"queue": queue, "consumer": consumer})
+        """``consumer`` consumes ``queue``; publishing there wakes it (``consumer_waits``,
+        under the queue's lock: see :meth:`claim`'s ``waking``)."""
+        with self.transaction():
+            self._execute("consumer_waits", {"queues": [queue], "consumer": consumer})
+            self._execute("subscribe", {"queue": queue, "consumer": consumer})
 
     def unsubscribe(self, queue: str, consumer: uuid.UUID) -> None:
         """``consumer`` stops consuming ``queue``; an auto-delete queue left without consumers
@@ -150,17 +167,26 @@ class Store:
         self._execute("unsubscribe", params)
 
     def claim(self, consumer: uuid.UUID, queues: Sequence[str], limit: int,
-              now: datetime | None = None, acks: Sequence[int] = ()) -> list[Claimed]:
+              now: datetime | None = None, acks: Sequence[int] = (),
+              busy: Sequence[str] = (), waking: Sequence[str] = ()) -> list[Claimed]:
         """Lease up to ``limit`` visible messages of ``queues`` to ``consumer``, the queues
         taking turns in the order given, each in priority (higher first) then publication
-        order; first delete the ``acks``. One round trip, one transaction, bounded by the
-        statement timeout."""
-        params = {"consumer": consumer, "queues": list(queues), "limit": limit, "now": now}
+        order; first delete the ``acks``. One round trip, bounded by the statement timeout.
+
+        If the claim fills ``limit``, ``consumer`` is busy on ``busy`` from then on (it comes
+        back to them by itself: publishing there needs not wake it). ``waking``: queues it
+        was busy on and waits for now; it is woken for them again in a transaction of its
+        own that commits before the claim looks (see ``consumer_waits``)."""
+        params = {"consumer": consumer, "queues": list(queues), "limit": limit, "now": now,
+                  "busy": list(busy)}
         conn = self.connect()
         try:
             # BEGIN and COMMIT as statements, not conn.transaction(): the whole transaction
             # then travels in one round trip, as a claim without a timeout would.
             with conn.pipeline():
+                if waking:
+                    self._send_transaction(conn, "consumer_waits",
+                                           {"queues": list(waking), "consumer": consumer})
                 conn.execute(query("begin"))
                 conn.execute(query("local_statement_timeout"), {"timeout": self._claim_timeout})
                 if acks:
@@ -173,6 +199,15 @@ class Store:
         rows = claimed.fetchall()
         rows.sort(key=lambda row: (row[4], row[5]))
         return [Claimed(id=r[0], queue=r[1], deliveries=r[2], payload=r[3]) for r in rows]
+
+    def _send_transaction(self, conn: psycopg.Connection, name: str,
+                          params: dict[str, Any]) -> None:
+        """Queue ``name`` in a transaction of its own, bounded by the statement timeout, in
+        ``conn``'s pipeline."""
+        conn.execute(query("begin"))
+        conn.execute(query("local_statement_timeout"), {"timeout": self._claim_timeout})
+        conn.execute(query(name), params)
+        conn.execute(query("commit"))
 
     @staticmethod
     def _abandon_transaction(conn: psycopg.Connection) -> None:
@@ -187,7 +222,12 @@ class Store:
 
     def promote(self, now: datetime | None = None, limit: int = 1000) -> int:
         """Make delayed (ETA) messages that are due claimable; returns how many."""
-        return int(self._one("promote", {"now": now, "limit": limit})[0])
+        return self.promote_timed(now, limit).promoted
+
+    def promote_timed(self, now: datetime | None = None, limit: int = 1000) -> Promotion:
+        """:meth:`promote`, also saying when the next delayed message falls due."""
+        promoted, next_due_in, _ = self._one("promote", {"now": now, "limit": limit})
+        return Promotion(int(promoted), next_due_in)
 
     def ack(self, message_ids: Sequence[int], consumer: uuid.UUID) -> None:
         """Delete the delivered messages that ``consumer`` still holds."""
@@ -212,8 +252,12 @@ class Store:
                 eta_lookahead: float) -> int:
         """Route and insert ``message``; returns the number of queues it reached. Inside
         :func:`broker.in_transaction` the insert goes through the caller's connection."""
-        params = row(exchange, routing_key, message, eta_lookahead)._asdict()
+        params: dict[str, Any] = row(exchange, routing_key, message, eta_lookahead)._asdict()
         outer = context.current()
+        # Inside the caller's transaction every queue is woken: its commit may come much
+        # later, and the lock that lets a publish skip waking busy consumers would be held
+        # until then.
+        params["always"] = outer is not None
         if outer is None:
             return int(self._one("publish", params)[0])
         cursor = outer.cursor()
@@ -226,7 +270,7 @@ class Store:
     def publish_many(self, rows: Sequence[Row], chunk: int = 5000) -> int:
         """Insert ``rows`` (:func:`row`), routed as :meth:`publish` routes, in one
         transaction of a few statements (``chunk`` rows each), and wake each queue given a
-        visible copy once. Returns the number of copies inserted. Inside
+        copy once (as :meth:`publish` wakes). Returns the number of copies inserted. Inside
         :func:`broker.in_transaction` it all goes through the caller's connection and
         transaction."""
         batches = (_columns(rows[start:start + chunk]) for start in range(0, len(rows), chunk))
@@ -234,9 +278,9 @@ class Store:
         if outer is None:
             conn = self.connect()
             with conn.transaction():
-                return _publish_batches(conn, batches)
+                return _publish_batches(conn, batches, always=False)
         if isinstance(outer, psycopg.Connection):
-            return _publish_batches(outer, batches)
+            return _publish_batches(outer, batches, always=True)
         return _publish_batches_dbapi(outer, batches)
 
     # -- queues, exchanges, bindings ------------------------------------------------------
@@ -313,17 +357,43 @@ def _columns(rows: Sequence[Row]) -> dict[str, list[Any]]:
             "payloads": list(payloads)}
 
 
-def _publish_batches(conn: psycopg.Connection, batches: Iterator[dict[str, list[Any]]]) -> int:
+class _Wakes:
+    """The wake-ups a bulk publish owes, gathered over its batches: each queue given a copy
+    visible now, and each given a delayed copy, with the seconds until its first falls due."""
+
+    def __init__(self) -> None:
+        self.ready: set[str] = set()
+        self.later: dict[str, float] = {}
+
+    def add(self, result: tuple[Any, ...]) -> int:
+        """Take one ``publish_many`` result; returns its number of copies."""
+        count, ready, later, due_in = result
+        self.ready.update(ready)
+        for queue, seconds in zip(later, due_in, strict=True):
+            self.later[queue] = min(seconds, self.later.get(queue, seconds))
+        return int(count)
+
+    def params(self, always: bool) -> dict[str, Any] | None:
+        """The parameters of ``wake_queues``, or None when nobody is owed one."""
+        wakes = [(queue, "") for queue in sorted(self.ready)]
+        wakes += [(queue, f"eta:{seconds}") for queue, seconds in sorted(self.later.items())]
+        if not wakes:
+            return None
+        return {"queues": [queue for queue, _ in wakes],
+                "payloads": [payload for _, payload in wakes], "always": always}
+
+
+def _publish_batches(conn: psycopg.Connection, batches: Iterator[dict[str, list[Any]]],
+                     always: bool) -> int:
     """Pipelined: the server inserts one batch while the next one is dumped and sent."""
     with conn.pipeline():
         cursors = [_binary_arrays(conn.cursor()).execute(query("publish_many"), params)
                    for params in batches]
-    inserted, ready = 0, set()
-    for cursor in cursors:
-        count, queues = cursor.fetchone()
-        inserted, ready = inserted + count, ready | set(queues)
-    if ready:
-        conn.execute(query("wake_queues"), {"queues": sorted(ready)})
+    wakes = _Wakes()
+    inserted = sum(wakes.add(cursor.fetchone()) for cursor in cursors)
+    params = wakes.params(always)
+    if params is not None:
+        conn.execute(query("wake_queues"), params)
     return inserted
 
 
@@ -335,16 +405,17 @@ def _binary_arrays(cursor: psycopg.Cursor) -> psycopg.Cursor:
 
 
 def _publish_batches_dbapi(conn: Any, batches: Iterator[dict[str, list[Any]]]) -> int:
-    """The same through any DB-API connection (psycopg 2), one batch after the other."""
-    inserted, ready = 0, set()
+    """The same through any DB-API connection (psycopg 2), one batch after the other, in the
+    caller's transaction (so every queue is woken)."""
+    wakes, inserted = _Wakes(), 0
     cursor = conn.cursor()
     try:
         for params in batches:
             cursor.execute(query("publish_many"), params)
-            count, queues = cursor.fetchone()
-            inserted, ready = inserted + count, ready | set(queues)
-        if ready:
-            cursor.execute(query("wake_queues"), {"queues": sorted(ready)})
+            inserted += wakes.add(cursor.fetchone())
+        wake = wakes.params(always=True)
+        if wake is not None:
+            cursor.execute(query("wake_queues"), wake)
     finally:
         cursor.close()
     return inserted

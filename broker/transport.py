@@ -14,26 +14,37 @@ Features: direct, topic and fanout exchanges stored in the database (so routing,
 ``celery inspect``/``control`` and events work across processes and hosts); priorities
 (0..255, HIGHER runs first, as in RabbitMQ; the opposite of kombu's Redis transport);
 durable ETA; acks that delete; leases renewed by a per-consumer heartbeat; dead letters;
-transactional enqueue (:func:`broker.in_transaction`); LISTEN/NOTIFY wake-ups with polling
-as the safety net; Celery's event loop (``implements.asynchronous``).
+transactional enqueue (:func:`broker.in_transaction`); LISTEN/NOTIFY wake-ups with a safety
+net; Celery's event loop (``implements.asynchronous``).
+
+Idle cost. A waiting consumer sends nothing on a fixed period but its heartbeat (one statement
+every ``heartbeat_interval``) and the safety net (one query every ``3 * fault_timeout``, on the
+LISTEN connection, which it also proves alive); it is woken within milliseconds by NOTIFY,
+promotes delayed messages when the first one falls due (the database says when, and a
+notification when an earlier one arrives), and rescues a dead consumer's messages when that
+one's heartbeat expires. Only while the LISTEN connection is down does it poll, every
+``polling_interval``. Publishing notifies only the queues whose consumers may be waiting: a
+consumer whose claim filled its prefetch window comes back by itself, and is not woken until
+a claim of its finds the queue empty (``broker/schema_wakeups.sql`` says why no wake-up is
+lost on the way).
 
 Transport options (``broker_transport_options``), with defaults:
 
 ``visibility_timeout`` (60)
     Seconds after a consumer's last heartbeat before the messages it held go back to their
     queue. A live consumer keeps its messages however long its tasks or ETAs take.
-``heartbeat_interval`` (``min(5, visibility_timeout / 4)``)
+``heartbeat_interval`` (``visibility_timeout / 4``)
     Seconds between heartbeats; at most half of ``visibility_timeout``. Each heartbeat is
-    one UPDATE per consumer, then a sweep that rescues the messages of consumers whose
-    heartbeat expired.
+    one statement per consumer, which also says when the next other consumer's heartbeat
+    expires: the messages of that one are rescued then, if it has not renewed it.
 ``polling_interval`` (1.0)
-    Seconds between safety-net claims when no notification arrives (lost NOTIFY, LISTEN
-    connection down, ETA messages becoming due).
+    Seconds between claims while the LISTEN connection is down (notifications are lost
+    then); delayed messages are promoted as often.
 ``eta_lookahead`` (2.0)
     A message whose Celery ``eta`` lies in the future stays in the table, out of the claim
-    index, until ``eta - eta_lookahead``; then a consumer's periodic promotion (every
-    ``polling_interval``) makes it claimable, a worker takes it and waits out the rest in
-    its timer. Keep it above ``polling_interval`` for ETA tasks to start on time.
+    index, until ``eta - eta_lookahead``; then a consumer promotes it (at that moment, or
+    within ``polling_interval`` while its LISTEN connection is down), a worker takes it and
+    waits out the rest in its timer.
 ``claim_batch_size`` (100)
     Most messages claimed at once by a consumer without a prefetch limit.
 ``connect_timeout`` (5)
@@ -42,8 +53,8 @@ Transport options (``broker_transport_options``), with defaults:
     Seconds of silence after which a connection counts as dead: TCP keepalives and
     ``tcp_user_timeout`` on every connection, so a half-open socket (a firewall or NAT that
     dropped the session) fails instead of blocking for the kernel's 15 minutes; also the
-    statement timeout of a claim. The LISTEN connection is checked with a query after three
-    times as long without traffic.
+    statement timeout of a claim. Every three times as long, the safety net queries the
+    LISTEN connection.
 ``max_deliveries`` (None: unlimited)
     A message handed out more than this many times without being acknowledged (its worker
     keeps dying on it, e.g. out of memory) is moved to the dead-letter table instead.
@@ -101,7 +112,8 @@ from broker.listener import Listener
 from broker.loop import LoopBinding
 from broker.messages import Claimed, wake_channel
 from broker.outage import Outage
-from broker.store import SchemaMissing, Store, fault_budget, first_line
+from broker.schedule import Schedule
+from broker.store import Promotion, SchemaMissing, Store, fault_budget, first_line
 from broker.urls import redact
 
 logger = logging.getLogger(__name__)
@@ -149,12 +161,12 @@ class Transport(virtual.Transport):
         # land on whichever server connection the next client gets.
         direct = fault_budget(self.options.direct_url or self.conninfo,
                               self.options.connect_timeout, self.options.fault_timeout)
-        self.listener = Listener(direct, liveness=3 * self.options.fault_timeout)
+        self.listener = Listener(direct)
+        self.schedule = Schedule(self.polling_interval, 3 * self.options.fault_timeout)
         self.consumer: Consumer | None = None
         self.loop = LoopBinding(self)
         self.outage = Outage()
         self._pid = os.getpid()
-        self._next_promotion = 0.0
         self._lease_warned = False
 
     def driver_version(self) -> str:
@@ -262,6 +274,7 @@ class Transport(virtual.Transport):
             self.consumer = consumer
             self._lease_warned = False
             self.listener.ensure()
+            self.schedule.promote_in(0)  # learn when the first delayed message falls due
         return self.consumer
 
     def _new_consumer(self) -> Consumer:
@@ -285,13 +298,14 @@ class Transport(virtual.Transport):
         raise LeaseExpired("the consumer's leases may have lapsed")
 
     def claim(self, queues: Sequence[str], limit: int, now: datetime | None = None,
-              acks: Sequence[int] = ()) -> list[Claimed]:
+              acks: Sequence[int] = (), busy: Sequence[str] = (),
+              waking: Sequence[str] = ()) -> list[Claimed]:
         """Delete ``acks``, then lease up to ``limit`` messages of ``queues`` to this
-        consumer."""
+        consumer (see :meth:`broker.store.Store.claim` for ``busy`` and ``waking``)."""
         consumer = self._register()
         self.check_lease()
         try:
-            rows = self.store.claim(consumer.id, queues, limit, now, acks)
+            rows = self.store.claim(consumer.id, queues, limit, now, acks, busy, waking)
         except psycopg.errors.ForeignKeyViolation:
             # Our consumer row was rescued away: its leases and subscriptions are gone.
             consumer.heartbeat.lapsed = True
@@ -303,7 +317,16 @@ class Transport(virtual.Transport):
             ids = [row.id for row in rows]
             consumer.settle(lambda store: store.release(ids, consumer.id), now=False)
             self._lease_lapsed()
+        if waking:
+            # Delayed messages published while it was busy there announced themselves to
+            # nobody: ask when the first falls due.
+            self.schedule.promote_in(0)
         return rows
+
+    def queues_elsewhere(self, channel: Channel) -> set[str]:
+        """The queues that channels of this connection other than ``channel`` consume."""
+        return {queue for other in self.channels if other is not channel
+                for queue in other._active_queues}
 
     def batches_acks(self) -> bool:
         """Acks wait for the next loop turn only on the event loop's own thread."""
@@ -316,26 +339,76 @@ class Transport(virtual.Transport):
     # -- synchronous draining (kombu Connection.drain_events) -----------------------------
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
-        """Deliver what is ready; otherwise wait on the LISTEN socket (at most
-        ``polling_interval`` at a time) until something is, or ``timeout`` passes."""
+        """Deliver what is ready; otherwise wait on the LISTEN socket until a notification
+        or the schedule says something is, or ``timeout`` passes."""
         deadline = None if timeout is None else monotonic() + timeout
         while True:
-            self.maybe_promote()
-            if self.deliver_all(force=True):
+            self.run_due()
+            if self.deliver_all():
                 return
-            remaining = self.polling_interval if deadline is None else deadline - monotonic()
-            if remaining <= 0:
+            wait = self._wait_before(deadline)
+            if wait is None:
                 raise TimeoutError()
-            self.listener.wait(min(self.polling_interval, remaining))
+            self.mark(self.listener.wait(wait))
 
-    def maybe_promote(self) -> None:
-        """At most once per polling interval, let due ETA messages into their queues."""
-        if self.consumer is None or monotonic() < self._next_promotion:
+    def _wait_before(self, deadline: float | None) -> float | None:
+        """Seconds to wait for a notification: until the next timed action or ``deadline``;
+        None once ``deadline`` has passed."""
+        now = monotonic()
+        until = self.next_action_at()
+        if until is None:
+            until = now + self.polling_interval
+        if deadline is not None:
+            if deadline <= now:
+                return None
+            until = min(until, deadline)
+        return max(0.0, until - now)
+
+    # -- what happens without a notification (broker.schedule) ---------------------------
+
+    def next_action_at(self) -> float | None:
+        """When the next timed action is due (monotonic); None while not consuming."""
+        if self.consumer is None:
+            return None
+        return self.schedule.next_at(self.listener.connected)
+
+    def run_due(self) -> None:
+        """Run the timed actions that are due: the safety net (LISTEN up) or a poll (LISTEN
+        down), and the promotion of delayed messages."""
+        if self.consumer is None:
             return
-        self._next_promotion = monotonic() + self.polling_interval
+        now = monotonic()
+        if self.listener.connected:
+            if self.schedule.probe_due(now):
+                self.probe(now)
+        elif self.schedule.poll_due(now):
+            self.schedule.polled(now)
+            self.mark_all()
+            self.schedule.promote_in(0)  # no notification says when delayed ones fall due
+        if self.schedule.promotion_due(now):
+            self.promote()
+
+    def promote(self) -> None:
+        """Let the delayed messages that are due into their queues; time the next
+        promotion (after ``polling_interval`` if the database cannot be reached)."""
+        done: Promotion | None = None
         if self.outage.ready():
             with self.outage.survive():
-                self.store.promote()
+                done = self.store.promote_timed()
+        self.schedule.promote_in(self.polling_interval if done is None else done.next_due_in)
+
+    def probe(self, now: float) -> None:
+        """The safety net, on the LISTEN connection: mark the channels whose queues have
+        ready messages, and learn when the first delayed message falls due."""
+        self.schedule.probed(now)
+        queues = sorted({queue for channel in self.channels
+                         for queue in channel._active_queues})
+        found = self.listener.ask("probe", {"queues": queues})
+        if found is None:
+            return  # the listener is down: polling takes over until it is back
+        ready, next_due_in = found
+        self.schedule.promote_in(next_due_in)
+        self.mark({wake_channel(queue) for queue in ready} | self.listener.drain())
 
     def deliver_all(self, force: bool = False) -> int:
         """Claim and deliver for every channel with work; then record what waits to be."""
@@ -353,6 +426,9 @@ class Transport(virtual.Transport):
         return delivered
 
     def mark(self, notified: Iterable[str]) -> None:
+        """Channels consuming a queue notified in ``notified`` claim at the next chance;
+        delayed messages announced meanwhile are timed for promotion."""
+        self.schedule.promote_by(self.listener.take_due())
         notified = set(notified)
         for channel in self.channels:
             if any(wake_channel(queue) in notified for queue in channel._active_queues):
