@@ -170,27 +170,28 @@ class Ears:
 
 @contextmanager
 def consumer(database_url: str, queue: str, busy: bool) -> Iterator[Ears]:
-    """A consumer of ``queue``: holding a full window with a backlog behind it (``busy``),
-    or waiting for work."""
-    from kombu import Connection, Queue
+    """A consumer of ``queue`` that never acknowledges: holding a full prefetch window with a
+    backlog behind it (``busy``), or waiting for work."""
+    from kombu import Connection, Consumer, Queue
 
     conn = Connection(database_url, transport="broker.transport:Transport")
     try:
         channel = conn.default_channel
         Queue(queue)(channel).declare()
-        transport = conn.transport
-        transport.start_consuming(queue)
         if busy:
-            store = transport.store
             for _ in range(2 * BUSY_WINDOW):
-                store.publish("", queue, task_message(queue), 2.0)
-            held = transport.claim([queue], BUSY_WINDOW)
-            assert len(held) == BUSY_WINDOW, f"the busy consumer holds {len(held)} messages"
-        ears = Ears(transport.listener)
-        try:
-            yield ears
-        finally:
-            ears.stop()
+                conn.transport.store.publish("", queue, task_message(queue), 2.0)
+        held: list[Any] = []
+        with Consumer(conn, [Queue(queue)], callbacks=[lambda body, m: held.append(m)],
+                      prefetch_count=BUSY_WINDOW):
+            if busy:
+                conn.drain_events(timeout=10)
+                assert len(held) == BUSY_WINDOW, f"the busy consumer holds {len(held)} messages"
+            ears = Ears(conn.transport.listener)
+            try:
+                yield ears
+            finally:
+                ears.stop()
     finally:
         conn.release()
 
