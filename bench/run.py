@@ -40,7 +40,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,7 @@ class Reports:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind(("127.0.0.1", 0))
+        self.seen: Counter[str] = Counter()  # every report received, by kind
 
     @property
     def address(self) -> str:
@@ -128,6 +130,7 @@ class Reports:
             except TimeoutError:
                 missing = f"{len(found)} of {count} {kind} tasks ran in {timeout:.0f}s"
                 raise TimeoutError(missing) from None
+            self.seen[name] += 1
             if name == kind:
                 found.append((float(first), float(second)))
         return found
@@ -148,12 +151,15 @@ def worker_env(plan: Plan, broker: str, reports: Reports) -> dict[str, str]:
 
 @contextlib.contextmanager
 def worker(plan: Plan, broker: str, reports: Reports, log: Path, pool: str = "prefork",
-           concurrency: int | None = None) -> Iterator[None]:
-    """A ``celery worker`` for ``broker``, stopped (then killed if need be) on exit."""
+           concurrency: int | None = None,
+           queues: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
+    """A ``celery worker`` for ``broker`` consuming ``queues`` (default: the plan's queue),
+    stopped (then killed if need be) on exit."""
     command = [
         str(CELERY), "-A", "bench.app", "worker", "-P", pool,
         "-c", str(concurrency or plan.concurrency),
-        "--prefetch-multiplier", str(plan.prefetch), "-Q", plan.queue, "-l", "WARNING",
+        "--prefetch-multiplier", str(plan.prefetch), "-Q", ",".join(queues or [plan.queue]),
+        "-l", "WARNING",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
     with log.open("ab") as out:
@@ -161,7 +167,7 @@ def worker(plan: Plan, broker: str, reports: Reports, log: Path, pool: str = "pr
             command, cwd=REPO, env=worker_env(plan, broker, reports), stdout=out,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        yield
+        yield process
     finally:
         _stop(process)
 

@@ -8,7 +8,8 @@ import importlib
 import click
 import pytest
 
-BENCHES = ["bench.run", "bench.pools", "bench.results", "bench.bulk", "bench.status"]
+BENCHES = ["bench.run", "bench.pools", "bench.results", "bench.bulk", "bench.status",
+           "bench.scale", "bench.producers", "bench.idle", "bench.suite"]
 
 
 @pytest.mark.parametrize("name", BENCHES)

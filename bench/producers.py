@@ -1,0 +1,77 @@
+"""Publish rate of many producer processes at once, pgjobs and Redis side by side.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.producers                 # 8,000 tasks, 1 and 8 producers
+    .venv/bin/python -m bench.producers --produced 2000
+
+``--produced`` no-op tasks in all are published by 1, then by ``--producers`` processes, each
+a ``delay()`` loop of its share (an untimed first call warms each one up), all started
+together; the rate is from the first one's start to the last one's end. The brokers take
+turns, ``--rounds`` times (median); no worker runs. Every message must then be queued
+exactly once. Targets: pgjobs with ``--producers`` at least 0.9x Redis with as many, and
+more than pgjobs with one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import click
+
+if not __package__:  # run as a script: make `bench` and `config` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import cases  # noqa: E402
+from bench.cases import BROKERS, Comparison, Size, Stage  # noqa: E402
+
+VERSUS_REDIS = 0.9
+SIZES = (
+    Size("--produced", 8000, "Tasks published in all, by one producer or by many."),
+    Size("--producers", 8, "Producer processes publishing at once.", low=2),
+    Size("--produced-rounds", 1, "Rounds per broker and producer count; the median."),
+)
+
+
+def rate(stage: Stage, broker: str, processes: int, count: int, turn: int) -> float:
+    plan = stage.variant(f"p{processes}r{turn}")
+    measured = cases.produce(plan, broker, processes, count)
+    cases.expect_queued(plan, broker, count + processes)  # and each producer's warm-up
+    return measured
+
+
+def compare_producers(stage: Stage, count: int, many: int, rounds: int) -> Comparison:
+    rates: dict[tuple[str, int], list[float]] = {}
+    for turn in range(rounds):
+        for processes in (1, many):
+            for broker in BROKERS:
+                rates.setdefault((broker, processes), []).append(
+                    rate(stage, broker, processes, count, turn))
+    figures: dict[str, list[float | None]] = {
+        broker: [statistics.median(rates[broker, n]) for n in (1, many)] for broker in BROKERS}
+    result = Comparison("producers", f"{many} producer processes vs 1, delay() loops",
+                        "tasks/s", ["1 producer", f"{many} producers"], figures)
+    return (result.check(f"pgjobs/Redis with {many}", result.versus(), ">=", VERSUS_REDIS)
+            .check(f"pgjobs {many}/1", result.ratio("pgjobs"), ">", 1.0)
+            .check(f"Redis {many}/1", result.ratio("redis")))
+
+
+@click.command()
+@cases.cli(SIZES)
+def main(server_url: str, redis_url: str, json_path: Path | None, produced: int,
+         producers: int, produced_rounds: int) -> None:
+    """Publish with 1 and with many producer processes on pgjobs and Redis; ratios."""
+    cases.require_redis(redis_url)
+    cases.stop_on_sigterm()
+    sizes = {"produced": produced, "producers": producers, "produced_rounds": produced_rounds}
+    click.echo(f"bench.producers: {sizes}")
+    with cases.stage(server_url, redis_url) as here:
+        result = compare_producers(here, produced, producers, produced_rounds)
+    click.echo(result.table())
+    cases.report([result], json_path, sizes=sizes)
+
+
+if __name__ == "__main__":
+    main()
