@@ -420,6 +420,15 @@ UNLISTEN {channel};
 -- Bound the statements of the current transaction (claims): a claim never waits for long.
 SELECT set_config('statement_timeout', %(timeout)s, true);
 
+-- name: claim_settings
+-- local_statement_timeout, and the claim's plan: each queue's ready index walked in claim
+-- order, never read whole by a bitmap scan and sorted. Where the message table has no
+-- statistics yet (a new database, before autovacuum's first analyze, or with autovacuum
+-- off), the planner guesses a queue holds a few rows and picks the bitmap scan, and every
+-- claim then reads the whole backlog: 130 ms instead of 0.5 ms at 100,000 queued.
+SELECT set_config('statement_timeout', %(timeout)s, true),
+       set_config('enable_bitmapscan', 'off', true);
+
 -- name: probe
 -- The safety net, run on the LISTEN connection (which it also proves alive): which of the
 -- given queues have messages ready that no notification may have announced, and the seconds

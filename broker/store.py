@@ -188,7 +188,7 @@ class Store:
                     self._send_transaction(conn, "consumer_waits",
                                            {"queues": list(waking), "consumer": consumer})
                 conn.execute(query("begin"))
-                conn.execute(query("local_statement_timeout"), {"timeout": self._claim_timeout})
+                conn.execute(query("claim_settings"), {"timeout": self._claim_timeout})
                 if acks:
                     conn.execute(query("ack"), {"ids": list(acks), "consumer": consumer})
                 claimed = conn.execute(query("claim"), params)
