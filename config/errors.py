@@ -8,6 +8,13 @@ import re
 _UNDEFINED_TABLE = "42P01"
 # libpq reports a refused connection without a SQLSTATE, so the advice goes by its text.
 _CONNECTION_ADVICE = (
+    (re.compile(r"certificate verify failed|root certificate file"),
+     "check sslrootcert in DATABASE_URL: it must be the CA certificate that signed the server's"),
+    (re.compile(r"does not match host name"),
+     "use a host name in DATABASE_URL that the server's certificate gives"),
+    # Before the pg_hba.conf advice below: the server refused a connection without TLS.
+    (re.compile(r"pg_hba\.conf.*, no encryption"),
+     "connect with TLS: add sslmode=verify-full and sslrootcert to DATABASE_URL"),
     (re.compile(r'database "[^"]*" does not exist'),
      "create that database (e.g. `createdb`) or fix the database name in DATABASE_URL"),
     (re.compile(r'role "[^"]*" does not exist|password authentication failed'

@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
+
+from tests.daemons import unprivileged_user, wait_ready
 
 BINARY = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
@@ -63,7 +62,7 @@ def pgbouncer(db_url: str, pool_size: int = 1) -> Iterator[str]:
     relies on session state (prepared statements, SET, LISTEN) fails at once."""
     require()
     server = conninfo_to_dict(db_url)
-    run_as = _unprivileged_user(server.get("host", ""))
+    run_as = unprivileged_user(server.get("host", ""))
     port = _free_port()
     folder = Path(tempfile.mkdtemp(prefix="pgjobs-pgbouncer-"))
     folder.chmod(0o755)  # PgBouncer drops root for another user, which must read it
@@ -77,39 +76,9 @@ def pgbouncer(db_url: str, pool_size: int = 1) -> Iterator[str]:
                                    stderr=subprocess.STDOUT)
     url = f"postgresql://{server.get('user') or 'postgres'}@127.0.0.1:{port}/{server['dbname']}"
     try:
-        _wait_ready(url, process, log)
+        wait_ready(url, process, log, "pgbouncer")
         yield url
     finally:
         process.terminate()
         process.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _unprivileged_user(host: str) -> str | None:
-    """The user PgBouncer runs as: it refuses to run as root. For a server on a Unix socket
-    (the embedded one), that is the owner of the socket's folder, the only user that may
-    enter it; the folders above it are opened to others for traversal."""
-    if os.geteuid() != 0:
-        return None
-    if not host.startswith("/"):
-        return "postgres"
-    socket_dir = Path(host)
-    for folder in socket_dir.parents:
-        if folder.stat().st_uid == 0:
-            folder.chmod(folder.stat().st_mode | 0o001)
-    return pwd.getpwuid(socket_dir.stat().st_uid).pw_name
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"pgbouncer exited: {log.read_text().strip()}")
-        try:
-            with psycopg.connect(url, connect_timeout=2, prepare_threshold=None) as conn:
-                conn.execute("SELECT 1")
-            return
-        except psycopg.OperationalError as error:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pgbouncer is not ready: {log.read_text()[-2000:]}") from error
-            time.sleep(0.1)
