@@ -103,8 +103,10 @@ def test_every_tick_is_sent_exactly_once_while_leaders_are_killed(
     ids = [headers["id"] for headers in messages]
     assert len(ids) == len(set(ids)) == len(fired)
     assert set(ids) == {row[2] for row in fired}
-    # ... and every change of leader was logged in one line
-    assert beat_logs(tmp_path).count("is now the leader") == 3
+    # ... and every change of leader was logged in one line: two terms ended by SIGKILL, one
+    # by the shutdown, and any a starved leader lost (and logged) before it led again
+    logs = beat_logs(tmp_path)
+    assert logs.count("is now the leader") == 3 + logs.count("lost leadership"), logs
 
 
 def test_leader_that_loses_its_connection_hands_over_and_stays_up(
