@@ -27,7 +27,7 @@ from broker.session import Session
 
 QUERIES: dict[str, str] = load("broker.results", "queries.sql")
 APPLICATION_NAME = "pgjobs-results"
-LISTEN_APPLICATION_NAME = "pgjobs-results-listen"  # store_result looks for it
+LISTEN_APPLICATION_NAME = "pgjobs-results-listen"
 
 _SHARED: dict[str, Database] = {}
 _SHARED_LOCK = threading.Lock()

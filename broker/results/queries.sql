@@ -1,12 +1,17 @@
 -- The result backend's SQL. Tables: celery_taskmeta and celery_tasksetmeta (Celery's own
 -- shape, Alembic revision 0001), pgjobs_chord and pgjobs_chord_part (revision 0006).
--- Placeholders are psycopg's %(name)s; the wake-up channel is a constant.
+-- Placeholders are psycopg's %(name)s; the wake-up channel and the waiters' advisory lock
+-- are constants.
 
 -- name: store_result
 -- A ready state wakes waiters on commit, but only when some process LISTENs for results:
--- NOTIFY serialises every notifying commit on the server. A row already SUCCESS is never
--- written over (a task that ran again after its worker died keeps its first result).
--- synchronous_commit (NULL: the server's setting) applies to this transaction only.
+-- NOTIFY serialises every notifying commit on the server. Waiters hold the advisory lock
+-- (pgjo, wait) shared (listen_lock); a store that can take it exclusively knows that nobody
+-- waits, and holds it until its commit, so a waiter arriving meanwhile first sees the row.
+-- When the lock is taken (a waiter, or another store at this instant) it notifies.
+-- A row already SUCCESS is never written over (a task that ran again after its worker died
+-- keeps its first result). synchronous_commit (NULL: the server's setting) applies to this
+-- transaction only.
 WITH stored AS (
     INSERT INTO celery_taskmeta AS t
         (task_id, status, result, date_done, traceback, children, name, args, kwargs,
@@ -27,9 +32,8 @@ SELECT
                        true)) AS commit_mode,
     (SELECT count(pg_notify('pgjobs_results', stored.task_id)::text)
      FROM stored
-     WHERE %(ready)s AND EXISTS (
-         SELECT 1 FROM pg_stat_activity
-         WHERE application_name = 'pgjobs-results-listen' AND datname = current_database())
+     WHERE CASE WHEN %(ready)s
+                THEN NOT pg_try_advisory_xact_lock(1885825647, 2002872692) ELSE false END
     ) AS notified
 
 -- name: task_meta
@@ -63,6 +67,14 @@ DELETE FROM celery_tasksetmeta WHERE date_done < %(before)s
 
 -- name: listen
 LISTEN pgjobs_results
+
+-- name: listen_lock
+-- Held (shared, for the session) by every LISTEN connection: stores notify while it is held.
+-- It waits for stores that found no waiter to commit; lock_timeout bounds that wait.
+SELECT pg_advisory_lock_shared(1885825647, 2002872692)
+
+-- name: listen_lock_timeout
+SET LOCAL lock_timeout = '5s'
 
 -- name: chord_set_size
 -- A frozen chord applied again reuses its group id: a fired chord starts over.

@@ -8,7 +8,11 @@ read that task's row. Notifications are a hint, the table is the truth: every
 down, the waiter reads the rows of everything it waits for.
 
 Processes that never wait never open the LISTEN connection; the backend only notifies
-while at least one such connection exists on the database.
+while at least one such connection exists on the database. Each one holds a shared advisory
+lock for its session (``listen_lock`` in ``queries.sql``), which a store that finds no waiter
+holds exclusively until its commit: a waiter arriving meanwhile gets the lock once the row is
+committed, then reads it. Checking the lock costs the store next to nothing, where a look
+at ``pg_stat_activity`` cost it more than the insert itself.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ class Listen:
                 application_name=LISTEN_APPLICATION_NAME)
             self._pid = os.getpid()
             self._conn.execute(query("listen"))
+            # The lock tells stores that someone waits; it outlives this transaction.
+            with self._conn.transaction():
+                self._conn.execute(query("listen_lock_timeout"))
+                self._conn.execute(query("listen_lock"))
         except psycopg.Error as exc:
             self._on_error(exc)
             return False

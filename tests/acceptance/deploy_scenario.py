@@ -59,6 +59,8 @@ def run_deployment(processes, inbox) -> Path:
                               capture_output=True, text=True, timeout=60)
 
     assert produced.returncode == 0, produced.stderr
+    # With its LISTEN connection down, the producer would have polled every second instead.
+    assert "LISTEN connection lost" not in produced.stderr, produced.stderr
     assert "celery_taskmeta" in json.loads(produced.stdout)
     expected = PRODUCED | {BEAT_CODE}
 

@@ -11,7 +11,9 @@ from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
 from broker.results import PostgresBackend, PrivateArgsTask
-from broker.results.connection import query
+from broker.results.connection import LISTEN_APPLICATION_NAME, query
+from broker.results.waiting import EVERYTHING, Listen
+from tests.polling import wait_until
 
 
 def _app(url: str, **conf: object) -> Celery:
@@ -73,6 +75,40 @@ def test_a_ready_result_notifies_only_while_a_results_waiter_listens(db_url):
             assert [n.payload for n in observer.notifies(timeout=5, stop_after=1)] == ["heard"]
         finally:
             backend.result_consumer.stop()
+
+
+def test_a_waiter_that_starts_listening_while_an_unannounced_result_commits_reads_it(db_url):
+    backend = _app(db_url).backend
+    row = backend._row("raced", 3, "SUCCESS", None, None)
+    with psycopg.connect(db_url) as storing:
+        # given a store that found nobody waiting (so it notifies nobody) and has not committed
+        notified = storing.execute(query("store_result"), row).fetchone()[1]
+        assert notified == 0
+
+        # when a process starts waiting meanwhile
+        listen = Listen(db_url)
+        woke: list = []
+        waiter = threading.Thread(target=lambda: woke.append(listen.wait(5)), daemon=True)
+        waiter.start()
+        wait_until(lambda: _waits_for_a_lock(db_url), 10, "the waiter to wait for the store")
+
+        # then its LISTEN connection opens only once the store committed, and it reads the rows
+        assert waiter.is_alive() and not woke
+        storing.commit()
+    waiter.join(10)
+    try:
+        assert woke == [EVERYTHING]
+        assert [m["result"] for m in backend.ready_metas(["raced"])] == [3]
+    finally:
+        listen.close()
+
+
+def _waits_for_a_lock(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return bool(conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s AND wait_event = 'advisory'",
+            (LISTEN_APPLICATION_NAME,)).fetchone()[0])
 
 
 def test_two_last_parts_finishing_together_fire_the_chord_once(db_url):
