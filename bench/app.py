@@ -39,9 +39,11 @@ BACKENDS = ("pgjobs", "db", "redis")
 
 
 def broker_settings(broker: str, database_url: str, redis_url: str, prefix: str) -> dict:
-    """Celery's broker settings for ``broker``; each transport keeps its own defaults."""
+    """Celery's broker settings for ``broker``; each transport keeps its own defaults, but
+    pgjobs' prepares its statements, as pgjobs' config does on a direct connection."""
     if broker == "pgjobs":
-        return {"broker_url": database_url, "broker_transport": "broker.transport:Transport"}
+        return {"broker_url": database_url, "broker_transport": "broker.transport:Transport",
+                "broker_transport_options": {"prepared_statements": True}}
     if broker == "sqla":
         return {"broker_url": "sqla+" + sqlalchemy_url(database_url)}
     if broker == "redis":
@@ -57,8 +59,9 @@ def backend_settings(backend: str | None, database_url: str, redis_url: str,
     """Celery's result settings for ``backend`` (None: results ignored)."""
     if backend is None:
         return {"task_ignore_result": True}
-    if backend == "pgjobs":
-        return {"result_backend": "broker.results:PostgresBackend+" + database_url}
+    if backend == "pgjobs":  # prepared statements, as pgjobs' config sets them
+        return {"result_backend": "broker.results:PostgresBackend+" + database_url,
+                "result_backend_transport_options": {"prepared_statements": True}}
     if backend == "db":
         return {"result_backend": "db+" + sqlalchemy_url(database_url),
                 "database_create_tables_at_setup": False,

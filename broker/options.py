@@ -94,6 +94,7 @@ class Options:
     max_deliveries: int | None
     synchronous_commit: str | None
     direct_url: str | None
+    prepared_statements: bool
 
 
 def parse(raw: dict[str, Any]) -> Options:
@@ -111,7 +112,9 @@ def parse(raw: dict[str, Any]) -> Options:
                          f"visibility_timeout, got {values['heartbeat_interval']:g} and "
                          f"{timeout:g}")
     return Options(**values, synchronous_commit=_synchronous_commit(raw),
-                   direct_url=_direct_url(raw))
+                   direct_url=_direct_url(raw),
+                   prepared_statements=flag(raw, "prepared_statements",
+                                            "broker transport option"))
 
 
 def _number(name: str, value: Any, spec: Spec) -> float | int | None:
@@ -131,6 +134,17 @@ def _synchronous_commit(raw: dict[str, Any]) -> str | None:
         raise ValueError("broker transport option synchronous_commit must be one of "
                          f"{', '.join(SYNCHRONOUS_COMMIT)}, got {value!r}")
     return str(value).lower()
+
+
+def flag(raw: dict[str, Any], name: str, kind: str) -> bool:
+    """The boolean option ``name`` of ``raw`` (False when absent or None); ValueError naming
+    it otherwise. Only a bool: the string "false" must not turn an option on."""
+    value = raw.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"{kind} {name} must be true or false, got {value!r}")
+    return value
 
 
 def _direct_url(raw: dict[str, Any]) -> str | None:

@@ -18,14 +18,19 @@ INHERITED: list[psycopg.Connection] = []
 
 
 class Session:
-    """A lazily opened connection for ``conninfo``; ``options`` go to ``psycopg.connect``."""
+    """A lazily opened connection for ``conninfo``; ``options`` go to ``psycopg.connect``.
+    With ``prepare``, statements run repeatedly are prepared on the server (psycopg's
+    default: from their fifth run), so that they are parsed and planned once."""
 
-    def __init__(self, conninfo: str, **options: Any) -> None:
+    def __init__(self, conninfo: str, prepare: bool = False, **options: Any) -> None:
         self.conninfo = conninfo
-        # No server-side prepared statements: a transaction-pooling PgBouncer hands each
-        # transaction to any server connection, where a statement prepared through another
-        # client already exists (DuplicatePreparedStatement) or one of ours does not.
-        self._options = {"autocommit": True, "prepare_threshold": None, **options}
+        # No server-side prepared statements unless asked for: a transaction-pooling
+        # PgBouncer hands each transaction to any server connection, where a statement
+        # prepared through another client already exists (DuplicatePreparedStatement) or
+        # one of ours does not.
+        self._options = {"autocommit": True, **options}
+        if not prepare:
+            self._options["prepare_threshold"] = None
         self._conn: psycopg.Connection | None = None
         self._pid = os.getpid()
 

@@ -74,10 +74,12 @@ def fault_budget(conninfo: str, connect_timeout: float, fault_timeout: float) ->
 
 class Store:
     """Broker operations on one database. ``conninfo`` should carry its fault budget
-    (:func:`fault_budget`); claims also stop after ``statement_timeout`` seconds."""
+    (:func:`fault_budget`); claims also stop after ``statement_timeout`` seconds. With
+    ``prepare``, its statements are prepared on the server (see :class:`Session`)."""
 
-    def __init__(self, conninfo: str, statement_timeout: float = 10.0) -> None:
-        self._session = Session(conninfo, application_name="pgjobs-broker")
+    def __init__(self, conninfo: str, statement_timeout: float = 10.0,
+                 prepare: bool = False) -> None:
+        self._session = Session(conninfo, prepare, application_name="pgjobs-broker")
         self._claim_timeout = f"{int(statement_timeout * 1000)}ms"
 
     # -- connection -------------------------------------------------------------------------

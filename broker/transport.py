@@ -63,6 +63,11 @@ Transport options (``broker_transport_options``), with defaults:
     its own. Set it when the broker URL points at a PgBouncer in transaction mode: everything
     else (publishing, claims, acks, heartbeats) goes through the pooler, and no server-side
     prepared statement or other session state is used.
+``prepared_statements`` (False)
+    ``True`` prepares the broker's statements on the server, so that each is parsed and
+    planned once per connection instead of at every run: a publish then costs the server
+    about a third as much. Only where the broker URL reaches PostgreSQL itself (or a
+    session-pooling PgBouncer): through transaction pooling, prepared statements fail.
 ``synchronous_commit`` (None: the server's setting, normally ``on``)
     PostgreSQL's ``synchronous_commit`` for publishing, claiming and acking. ``off`` about
     doubles the publish rate (no WAL flush wait per message) at a price: if the PostgreSQL
@@ -156,7 +161,7 @@ class Transport(virtual.Transport):
                                 self.options.fault_timeout)
         self._budgeted = budgeted
         self.store = Store(_session_conninfo(budgeted, self.options.synchronous_commit),
-                           self.options.fault_timeout)
+                           self.options.fault_timeout, self.options.prepared_statements)
         # LISTEN needs a session of its own: through a transaction-pooling PgBouncer it would
         # land on whichever server connection the next client gets.
         direct = fault_budget(self.options.direct_url or self.conninfo,
@@ -278,8 +283,10 @@ class Transport(virtual.Transport):
         return self.consumer
 
     def _new_consumer(self) -> Consumer:
-        return Consumer(self.conninfo, Store(self._budgeted, self.options.fault_timeout),
-                        self.visibility_timeout, self.options.heartbeat_interval)
+        store = Store(self._budgeted, self.options.fault_timeout,
+                      self.options.prepared_statements)
+        return Consumer(self.conninfo, store, self.visibility_timeout,
+                        self.options.heartbeat_interval)
 
     def check_lease(self) -> None:
         """Raise :class:`LeaseExpired` (a connection error) when this consumer's leases may be

@@ -17,7 +17,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     broker_url = settings.require_broker_url()
     if not settings.broker_is_postgres:
         return {"broker_url": broker_url}
-    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout,
+                               "prepared_statements": settings.prepared_statements}
     if settings.database_direct_url and not settings.broker_url:
         options["direct_url"] = settings.database_direct_url
     return {
@@ -45,7 +46,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # pgjobs' result backend (broker/results) on the same database: waiters are woken by
         # NOTIFY, chords are joined in the transaction that stores their parts.
         "result_backend": "broker.results:PostgresBackend+" + database_url,
-        "result_backend_transport_options": {"direct_url": settings.require_direct_url()},
+        "result_backend_transport_options": {
+            "direct_url": settings.require_direct_url(),
+            "prepared_statements": settings.prepared_statements,
+        },
         "result_extended": True,
         # Results are deleted by tasks.delete_old_data, not by celery.backend_cleanup.
         "result_expires": None,

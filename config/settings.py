@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     beat's leader lock, and ``pgjobs migrate``. Set it when DATABASE_URL points at a
     transaction-pooling PgBouncer. Default: DATABASE_URL."""
 
+    database_prepared_statements: bool | None = None
+    """DATABASE_PREPARED_STATEMENTS: whether pgjobs' connections on DATABASE_URL (and a
+    PostgreSQL BROKER_URL) prepare their statements on the server, so that each is parsed and
+    planned once per connection: a publish or a stored result then costs the server about a
+    third as much. Default: on, unless DATABASE_DIRECT_URL is set, which says DATABASE_URL is
+    a transaction-pooling PgBouncer, where prepared statements fail. ``false`` turns them off
+    (a PgBouncer without DATABASE_DIRECT_URL); ``true`` keeps them on (a PgBouncer in session
+    mode, or 1.21+ with ``max_prepared_statements``)."""
+
     broker_url: str | None = Field(default=None, repr=False)
     """BROKER_URL: where messages go. Default: DATABASE_URL (pgjobs' PostgreSQL broker).
     ``amqp://user:pass@host:5672/vhost`` moves the broker to RabbitMQ; results and the
@@ -207,6 +216,13 @@ class Settings(BaseSettings):
     def require_broker_url(self) -> str:
         """BROKER_URL, or DATABASE_URL when it is unset."""
         return self.broker_url or self.require_database_url()
+
+    @property
+    def prepared_statements(self) -> bool:
+        """DATABASE_PREPARED_STATEMENTS, or whether DATABASE_DIRECT_URL is unset."""
+        if self.database_prepared_statements is not None:
+            return self.database_prepared_statements
+        return self.database_direct_url is None
 
     @property
     def broker_is_postgres(self) -> bool:

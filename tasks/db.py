@@ -31,20 +31,20 @@ def engine() -> Engine:
         if _engine is None or url != _engine_url:
             if _engine is not None:
                 _engine.dispose()
-            _engine = _create(url)
+            _engine = _create(url, get_settings().prepared_statements)
             _engine_url = url
         return _engine
 
 
-def _create(url: str) -> Engine:
+def _create(url: str, prepare: bool) -> Engine:
     return create_engine(
         url,
         pool_size=2,
         max_overflow=2,
         pool_pre_ping=True,  # sqlalchemy_url sets the connect timeout
-        # No server-side prepared statements, so that the engine works through a
-        # transaction-pooling PgBouncer.
-        connect_args={"prepare_threshold": None},
+        # Server-side prepared statements (psycopg's default) only where DATABASE_URL is no
+        # transaction-pooling PgBouncer (see DATABASE_PREPARED_STATEMENTS).
+        connect_args={} if prepare else {"prepare_threshold": None},
     )
 
 

@@ -35,6 +35,8 @@ def test_given_no_database_url_when_required_then_error_names_variable():
         ("timezone", "Mars/Olympus", "TIMEZONE unknown time zone 'Mars/Olympus'"),
         ("timezone", "posix/Europe/Paris", "TIMEZONE unknown time zone 'posix/Europe/Paris'"),
         ("retention_tables", "[{", "RETENTION_TABLES is not valid JSON"),
+        ("database_prepared_statements", "maybe",
+         "DATABASE_PREPARED_STATEMENTS: Input should be a valid boolean"),
     ],
 )
 def test_given_bad_value_then_one_line_names_it_without_password(field, value, message):
@@ -205,6 +207,24 @@ def test_celery_config_sends_sessions_to_the_direct_url_and_the_rest_to_the_pool
         "postgresql://u@db:5432/db")
     assert config["beat_dburi"].startswith("postgresql+psycopg://u@pooler:6432/db")
     assert config["beat_lock_dburi"].startswith("postgresql+psycopg://u@db:5432/db")
+
+
+@pytest.mark.parametrize(("environment", "prepared"), [
+    ({}, True),
+    ({"database_direct_url": "postgresql://u@db:5432/db"}, False),
+    ({"database_direct_url": "postgresql://u@db:5432/db",
+      "database_prepared_statements": "true"}, True),
+    ({"database_prepared_statements": "false"}, False),
+], ids=["no-pooler", "pooler", "pooler-that-prepares", "turned-off"])
+def test_prepared_statements_are_used_unless_database_url_is_a_pooler(environment, prepared):
+    # Given DATABASE_URL, with or without a direct URL beside it, and maybe the setting
+    settings = load_settings(database_url="postgresql://u@pooler:6432/db", **environment)
+
+    # When Celery is configured, then the broker and the results prepare statements or not
+    config = celery_config(settings)
+    assert settings.prepared_statements is prepared
+    assert config["broker_transport_options"]["prepared_statements"] is prepared
+    assert config["result_backend_transport_options"]["prepared_statements"] is prepared
 
 
 def test_an_amqp_broker_url_moves_only_the_broker_to_rabbitmq():

@@ -29,7 +29,7 @@ QUERIES: dict[str, str] = load("broker.results", "queries.sql")
 APPLICATION_NAME = "pgjobs-results"
 LISTEN_APPLICATION_NAME = "pgjobs-results-listen"
 
-_SHARED: dict[str, Database] = {}
+_SHARED: dict[tuple[str, bool], Database] = {}
 _SHARED_LOCK = threading.Lock()
 
 #: Lends a psycopg connection with no transaction open, for one operation, and takes it back.
@@ -46,7 +46,8 @@ def lend_connections(conninfo: str, lender: Lender | None) -> None:
         _LENDERS.pop(conninfo, None)
     else:
         _LENDERS[conninfo] = lender
-        shared(conninfo).discard()
+        for prepare in (False, True):
+            shared(conninfo, prepare).discard()
 
 
 @atexit.register
@@ -62,21 +63,22 @@ def query(name: str) -> str:
     return QUERIES[name]
 
 
-def shared(conninfo: str) -> Database:
-    """This process's :class:`Database` for ``conninfo``."""
+def shared(conninfo: str, prepare: bool = False) -> Database:
+    """This process's :class:`Database` for ``conninfo``, with prepared statements or not."""
     with _SHARED_LOCK:
-        database = _SHARED.get(conninfo)
+        database = _SHARED.get((conninfo, prepare))
         if database is None:
-            database = _SHARED[conninfo] = Database(conninfo)
+            database = _SHARED[conninfo, prepare] = Database(conninfo, prepare=prepare)
         return database
 
 
 class Database:
-    """One lazily opened autocommit connection, fork-aware and thread-safe."""
+    """One lazily opened autocommit connection, fork-aware and thread-safe; with ``prepare``,
+    its statements are prepared on the server (see :class:`broker.session.Session`)."""
 
-    def __init__(self, conninfo: str, connect_timeout: int = 5) -> None:
+    def __init__(self, conninfo: str, connect_timeout: int = 5, prepare: bool = False) -> None:
         self.conninfo = conninfo
-        self._session = Session(conninfo, connect_timeout=connect_timeout,
+        self._session = Session(conninfo, prepare, connect_timeout=connect_timeout,
                                 application_name=APPLICATION_NAME)
         self._lock = threading.RLock()
         self._borrowed: psycopg.Connection | None = None

@@ -111,6 +111,28 @@ def _waits_for_a_lock(url: str) -> bool:
             (LISTEN_APPLICATION_NAME,)).fetchone()[0])
 
 
+@pytest.mark.parametrize("prepared", [True, False])
+def test_the_backend_prepares_its_statements_only_when_asked_for(db_url, prepared):
+    # Given a backend with or without the option, which stored a dozen results
+    app = _app(db_url, result_backend_transport_options={"prepared_statements": prepared})
+    for number in range(12):
+        app.backend.store_result(f"prepared-{number}", number, "SUCCESS")
+
+    # Then they are all there, and its session holds prepared statements only if asked to
+    metas = app.backend.ready_metas([f"prepared-{number}" for number in range(12)])
+    assert sorted(meta["result"] for meta in metas) == list(range(12))
+    with app.backend.database.transaction() as conn:
+        held = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+    assert (held > 0) is prepared, held
+
+
+def test_a_prepared_statements_option_that_is_not_a_bool_is_named(db_url):
+    app = _app(db_url, result_backend_transport_options={"prepared_statements": "yes"})
+    with pytest.raises(ImproperlyConfigured, match="result_backend_transport_options "
+                                                    "prepared_statements must be true or false"):
+        app.backend  # noqa: B018
+
+
 def test_two_last_parts_finishing_together_fire_the_chord_once(db_url):
     # given a chord of two parts, and one transaction per part, as two workers would have
     with psycopg.connect(db_url, autocommit=True) as setup:
