@@ -8,20 +8,22 @@ in the child would end the parent's session too). A lock serialises its use betw
 A process that already has a pool of connections to the same database (a worker's pool
 child, with the tasks' own engine) can lend it to the backend instead
 (:func:`lend_connections`): then the backend borrows one connection per operation and opens
-none of its own.
+none of its own. The lenders are those of :mod:`broker.lending`, which the transport's
+publishing borrows from too, with its matching rule.
 """
 
 from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.pq import TransactionStatus
 
+from broker import lending
+from broker.lending import Lender
 from broker.queries import load
 from broker.session import Session
 
@@ -32,9 +34,8 @@ LISTEN_APPLICATION_NAME = "pgjobs-results-listen"
 _SHARED: dict[tuple[str, bool], Database] = {}
 _SHARED_LOCK = threading.Lock()
 
-#: Lends a psycopg connection with no transaction open, for one operation, and takes it back.
-Lender = Callable[[], AbstractContextManager[psycopg.Connection]]
-_LENDERS: dict[str, Lender] = {}
+#: This process's lenders: one registry for the backend and the transport's publishing.
+_LENDERS: dict[str, Lender] = lending.LENDERS
 
 
 def lend_connections(conninfo: str, lender: Lender | None) -> None:
@@ -96,7 +97,7 @@ class Database:
         """The connection for one operation: that of the operation it is nested in, a
         borrowed one, or this process's own."""
         with self._lock:
-            lender = _LENDERS.get(self.conninfo)
+            lender = lending.lender_for(self.conninfo)
             if self._borrowed is not None or lender is None:
                 yield self._borrowed or self.connect()
                 return
@@ -115,17 +116,9 @@ class Database:
 
     def execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run a named statement on its own; its rows (none for a statement without)."""
-        with self._connection() as conn, _committed(conn):
+        with self._connection() as conn, lending.committed(conn):
             cursor = conn.execute(query(name), params)
             return cursor.fetchall() if cursor.description else []
-
-
-def _committed(conn: psycopg.Connection) -> AbstractContextManager[Any]:
-    """A transaction around one statement on a borrowed connection outside autocommit (an
-    enclosing transaction, or autocommit, already makes it take effect)."""
-    if conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
-        return nullcontext()
-    return conn.transaction()
 
 
 def run(conn: psycopg.Connection, name: str, params: dict[str, Any]) -> psycopg.Cursor:
