@@ -3,7 +3,9 @@
 A :class:`Store` owns one :class:`broker.session.Session`: an autocommit connection opened
 lazily, reopened on the next call after it broke, never closed by a forked child.
 Publishing goes through the caller's connection instead while :func:`broker.in_transaction`
-is active.
+is active. A producing store told where to borrow (:attr:`Store.borrow_under`) runs each
+operation on a connection lent by its process (:mod:`broker.lending`) when there is a lender,
+and then opens none of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.types.array import ListBinaryDumper
 
-from broker import context
+from broker import context, lending
 from broker.messages import Claimed, encode, priority_of, visible_at
 from broker.queries import query
 from broker.session import Session
@@ -81,6 +83,13 @@ class Store:
                  prepare: bool = False) -> None:
         self._session = Session(conninfo, prepare, application_name="pgjobs-broker")
         self._claim_timeout = f"{int(statement_timeout * 1000)}ms"
+        self._borrowing = lending.Borrowing()
+
+    #: The connection string under which this store asks its process for a lender
+    #: (:func:`broker.lending.lender_for`) before each operation; None: it always uses its
+    #: own session. Only producing stores borrow: claims, leases and heartbeats keep a
+    #: dedicated session (:meth:`claim` never borrows).
+    borrow_under: str | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -107,12 +116,26 @@ class Store:
                 "(Alembic revision 0010) first")
 
     @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """The connection for one operation: a borrowed one (see :attr:`borrow_under`), or
+        this store's own session."""
+        lender = lending.lender_for(self.borrow_under) if self.borrow_under else None
+        if lender is None:
+            yield self.connect()
+            return
+        with self._borrowing.borrow(lender) as conn:
+            yield conn
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.connect().transaction():
+        with self._connection() as conn, conn.transaction():
             yield
 
     def _execute(self, name: str, params: dict[str, Any]) -> psycopg.Cursor:
-        return self.connect().execute(query(name), params)
+        """Run a named statement, committed unless a :meth:`transaction` is open. Its rows
+        are on the client once it returns, so a borrowed connection is already given back."""
+        with self._connection() as conn, lending.committed(conn):
+            return conn.execute(query(name), params)
 
     def _one(self, name: str, params: dict[str, Any]) -> tuple[Any, ...]:
         row = self._execute(name, params).fetchone()
@@ -278,8 +301,7 @@ class Store:
         batches = (_columns(rows[start:start + chunk]) for start in range(0, len(rows), chunk))
         outer = context.current()
         if outer is None:
-            conn = self.connect()
-            with conn.transaction():
+            with self._connection() as conn, conn.transaction():
                 return _publish_batches(conn, batches, always=False)
         if isinstance(outer, psycopg.Connection):
             return _publish_batches(outer, batches, always=True)

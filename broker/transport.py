@@ -76,6 +76,13 @@ Transport options (``broker_transport_options``), with defaults:
     startup parameter, which a PgBouncer refuses; behind one, set it on the role instead
     (``ALTER ROLE ... SET synchronous_commit = off``).
 
+Connections. A transport holds one session for publishing and claiming, one for its
+consumer's heartbeat and, while it consumes, one LISTEN connection. In a process that lends
+connections (:mod:`broker.lending`; a pgjobs worker's pool child lends the tasks' pool),
+publishing and declaring borrow one per operation under the broker URL as given, and open no
+session; they then commit with the lent connection's settings (its ``synchronous_commit``, not
+the transport option's). A transport that consumes keeps its own sessions for everything.
+
 Faults. A connection lost to a fault (kombu's ``collect``, as Celery does on a connection
 error) keeps its consumer and every lease: the tasks still running keep their messages, and
 their acks go out once the worker has reconnected; what was delivered but not started is
@@ -167,6 +174,10 @@ class Transport(virtual.Transport):
         direct = fault_budget(self.options.direct_url or self.conninfo,
                               self.options.connect_timeout, self.options.fault_timeout)
         self.listener = Listener(direct)
+        # Publishing in a process that lends its connections (a worker's pool child) borrows
+        # one under the broker URL as given, before the fault budget and synchronous_commit
+        # were added (see broker.lending); a store that consumes stops borrowing (_register).
+        self.store.borrow_under = self.conninfo
         self.schedule = Schedule(self.polling_interval, 3 * self.options.fault_timeout)
         self.consumer: Consumer | None = None
         self.loop = LoopBinding(self)
@@ -189,8 +200,7 @@ class Transport(virtual.Transport):
 
     def establish_connection(self) -> Transport:
         try:
-            self.store.connect()
-            self.store.check_schema()
+            self.store.check_schema()  # on the store's session, or a borrowed connection
         except BaseException:
             self.store.close()
             raise
@@ -271,6 +281,9 @@ class Transport(virtual.Transport):
         behind, or a new one."""
         if self.consumer is None:
             consumer = adopt_or_create(self.conninfo, self._new_consumer)
+            # Claims, acks and leases need a session of their own, also where this process
+            # lends connections (a solo pool's worker registers a lender in its one process).
+            self.store.borrow_under = None
             try:
                 consumer.attach(self.store)
             except BaseException:
