@@ -40,8 +40,10 @@ def _refuse_to_start_without_database(**_: object) -> None:
         raise SystemExit(f"pgjobs: {error}") from None
 
 
-# A pool child stores results on the tasks' own pooled connection instead of opening one of
-# its own: one connection per child for both (see the README's connection budget).
+# A pool child stores results, and publishes (retries, tasks sent by tasks), on the tasks' own
+# pooled connection instead of opening connections of its own: one connection per child for
+# all of it (see the README's connection budget). The broker borrows it only where BROKER_URL
+# is DATABASE_URL (the default): broker.lending matches by connection parameters.
 @signals.worker_process_init.connect
 def _share_the_tasks_pool_with_results(**_: object) -> None:
     from broker.results.connection import lend_connections

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import psycopg
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import DBAPIError
 
 from config.settings import get_settings
 from config.urls import sqlalchemy_url
@@ -51,9 +52,14 @@ def _create(url: str, prepare: bool) -> Engine:
 @contextmanager
 def lend() -> Iterator[psycopg.Connection]:
     """A connection of the engine's pool, as a plain psycopg connection with no transaction
-    open, for one operation of another library (the result backend); then back to the pool.
-    A connection that failed is dropped from the pool rather than handed out again."""
-    pooled = engine().raw_connection()
+    open, for one operation of another library (the result backend, the broker's publishing);
+    then back to the pool. A connection that failed is dropped from the pool rather than
+    handed out again. Failures are the driver's errors, not SQLAlchemy's wrappers: those
+    libraries, and kombu's and Celery's retries, know psycopg's."""
+    try:
+        pooled = engine().raw_connection()
+    except DBAPIError as error:
+        raise error.orig from None
     try:
         yield pooled.driver_connection
     except (psycopg.OperationalError, psycopg.InterfaceError):
