@@ -1,0 +1,35 @@
+"""The tasks' lender: what the result backend and the broker's publishing borrow in a pool
+child."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+import pytest
+from psycopg.pq import TransactionStatus
+from task_helpers import free_port
+
+from tasks.db import lend
+
+
+def test_a_lent_connection_has_no_transaction_open_and_returns_to_the_pool(app_db: str) -> None:
+    # given a connection lent and used in a transaction of its borrower's
+    with lend() as conn:
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        with conn.transaction():
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+    # when the next operation borrows, it gets the same connection back, still idle
+    with lend() as again:
+        assert again.info.transaction_status == TransactionStatus.IDLE
+        assert again.execute("SELECT pg_backend_pid()").fetchone() == backend
+        again.rollback()
+
+
+def test_a_lender_that_cannot_reach_the_database_raises_the_drivers_error(
+        settings_env: Callable[..., None]) -> None:
+    # given a DATABASE_URL where nothing listens
+    settings_env(DATABASE_URL=f"postgresql://app@127.0.0.1:{free_port()}/app")
+    # when a connection is asked for, the error is psycopg's, which kombu retries on
+    with pytest.raises(psycopg.OperationalError), lend():
+        pass
