@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from queue import Empty
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REJECTED = "rejected by its consumer without requeue"
+
+# While a claim is expected soon (the last one filled the window), the acks of a loop turn
+# wait for it, so that a backlog costs one round trip per claim instead of one more per turn;
+# never longer than this, since an ack not yet recorded means a rerun if the worker dies.
+ACK_HOLD = 0.05
 
 
 class QoS(virtual.QoS):
@@ -75,6 +81,7 @@ class Channel(virtual.Channel):
         self._turn = 0
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
+        self._acks_since = 0.0
         # Queues this channel's consumer is busy on (publishing there wakes nobody), and
         # whether the next claim must first say it waits for them again.
         self._busy: set[str] = set()
@@ -127,9 +134,12 @@ class Channel(virtual.Channel):
     # -- acks -----------------------------------------------------------------------------
 
     def ack(self, tags: list[int]) -> None:
-        """Delete delivered messages. In Celery's event loop the deletes of one loop turn are
-        sent together with the next claim (the next turn), one round trip for both."""
+        """Delete delivered messages. In Celery's event loop the deletes wait for the end of
+        the loop turn, or for the next claim if one is due soon (:meth:`flush_acks`), and go
+        in its round trip."""
         if self.connection is not None and self.connection.batches_acks():
+            if not self._acks:
+                self._acks_since = monotonic()
             self._acks.extend(tags)
         else:
             self._settle(Store.ack, tags)
@@ -188,12 +198,20 @@ class Channel(virtual.Channel):
         finally:
             self.store.close()
 
-    def flush_acks(self) -> None:
+    def flush_acks(self, hold: bool = False) -> None:
         """Send the acks waiting for this loop turn; on failure they stay for the next try,
-        or the close, since a lost ack means the task runs again."""
-        if self._acks:
-            self.store.ack(self._acks, self._consumer_id())
-            self._acks = []
+        or the close, since a lost ack means the task runs again. With ``hold``, acks wait
+        up to :data:`ACK_HOLD` for the claim that a full window's last claim promises."""
+        if not self._acks:
+            return
+        if hold and self.pending and monotonic() < self._acks_since + ACK_HOLD:
+            return
+        self.store.ack(self._acks, self._consumer_id())
+        self._acks = []
+
+    def acks_due_at(self) -> float | None:
+        """When the acks held for a claim must go on their own (monotonic); None if none."""
+        return self._acks_since + ACK_HOLD if self._acks else None
 
     # -- consuming ------------------------------------------------------------------------
 

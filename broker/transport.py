@@ -390,7 +390,9 @@ class Transport(virtual.Transport):
         """When the next timed action is due (monotonic); None while not consuming."""
         if self.consumer is None:
             return None
-        return self.schedule.next_at(self.listener.connected)
+        moments = [self.schedule.next_at(self.listener.connected)]
+        moments += [at for channel in self.channels if (at := channel.acks_due_at()) is not None]
+        return min(moments)
 
     def run_due(self) -> None:
         """Run the timed actions that are due: the safety net (LISTEN up) or a poll (LISTEN
@@ -439,7 +441,7 @@ class Transport(virtual.Transport):
                 delivered += channel.deliver_ready(batch=batch)
             if self.outage.ready():
                 with self.outage.survive():
-                    channel.flush_acks()
+                    channel.flush_acks(hold=True)
         if self.consumer is not None and self.outage.ready():
             with self.outage.survive():
                 self.consumer.flush()

@@ -1,0 +1,105 @@
+"""Acks inside Celery's event loop: a backlog's acks ride with its claims, in one round trip,
+and acks with no claim coming go on their own within ``ACK_HOLD``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from broker_helpers import Connect, publish, sql
+from kombu import Connection, Consumer, Queue
+from kombu.asynchronous import Hub
+from kombu.message import Message
+
+from broker import channel as channel_module
+from broker.store import Store
+
+QUEUED = "SELECT count(*) FROM pgjobs_broker_message"
+
+
+@pytest.fixture
+def acks_alone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many messages each ack sent on its own (not inside a claim) recorded."""
+    sent: list[int] = []
+    original = Store.ack
+
+    def counted(store: Store, message_ids: Any, consumer: Any) -> None:
+        sent.append(len(message_ids))
+        original(store, message_ids, consumer)
+
+    monkeypatch.setattr(Store, "ack", counted)
+    return sent
+
+
+@pytest.fixture
+def looped(connect: Connect) -> Iterator[Callable[..., tuple[Connection, Hub]]]:
+    """A consumer connection registered with kombu's event loop, as a worker's is."""
+    hubs: list[Hub] = []
+
+    def make(**options: Any) -> tuple[Connection, Hub]:
+        conn, hub = connect(polling_interval=30, **options), Hub()
+        hubs.append(hub)
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        return conn, hub
+
+    yield make
+    for hub in hubs:
+        hub.close()
+
+
+def turn_until(hub: Hub, done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    loop = hub.create_loop()
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        next(loop)
+
+
+def test_the_acks_of_a_backlog_ride_with_its_claims(
+        db_url: str, connect: Connect, looped, acks_alone: list[int]) -> None:
+    # Given 12 messages queued, and a consumer in the event loop with a window of 4
+    queue = Queue("backlog")
+    producer = connect()
+    for n in range(12):
+        publish(producer, queue, {"n": n})
+    conn, hub = looped()
+    runs: dict[int, int] = {}
+
+    def run(body: dict[str, int], message: Message) -> None:
+        runs[body["n"]] = runs.get(body["n"], 0) + 1
+        message.ack()
+
+    # When it drains them, acking each as it runs
+    with Consumer(conn, [queue], callbacks=[run], prefetch_count=4):
+        turn_until(hub, lambda: sql(db_url, QUEUED) == [(0,)], "the backlog to be acked")
+
+    # Then each ran once, and no ack needed a round trip of its own: each went with a claim
+    assert runs == {n: 1 for n in range(12)}
+    assert acks_alone == []
+
+
+def test_an_ack_with_no_claim_coming_goes_on_its_own_within_the_hold(
+        db_url: str, connect: Connect, looped, acks_alone: list[int]) -> None:
+    # Given a consumer in the event loop with a window of 4 holding a full window of a backlog
+    queue = Queue("held")
+    producer = connect()
+    for n in range(6):
+        publish(producer, queue, {"n": n})
+    conn, hub = looped()
+    received: list[Message] = []
+    with Consumer(conn, [queue], callbacks=[lambda body, message: received.append(message)],
+                  prefetch_count=4):
+        turn_until(hub, lambda: len(received) == 4, "a full window")
+
+        # When one message is acked and the others keep running (the window stays more than
+        # half full: no claim comes)
+        received[0].ack()
+        acked_at = time.monotonic()
+
+        # Then the loop's timer is set for the hold's end, and the ack then goes on its own
+        assert conn.transport.next_action_at() <= acked_at + channel_module.ACK_HOLD
+        turn_until(hub, lambda: acks_alone == [1], "the held ack")
+        assert sql(db_url, QUEUED) == [(5,)]
+        assert len(received) == 4
