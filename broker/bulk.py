@@ -31,6 +31,7 @@ from celery import Celery, Task
 from celery.canvas import Signature
 from celery.utils import uuid
 from celery.utils.functional import maybe_list
+from celery.utils.saferepr import saferepr
 from celery.utils.time import subtract_datetimes
 from dateutil.parser import isoparse
 from kombu import Producer, Queue
@@ -93,13 +94,29 @@ class _Call:
     reply_to: str = ""
     # Known tasks by name, each with whether it sends in a way of its own.
     tasks: dict[str, tuple[Any, bool]] = field(default_factory=dict)
+    # The argsrepr and kwargsrepr of no arguments, as Celery's message builder would make
+    # them: most of a message's cost for a task called without arguments.
+    empty_reprs: tuple[str, str] = ("()", "{}")
 
     @classmethod
     def of(cls, app: Any, producer: _Collector, options: dict[str, Any]) -> _Call:
-        conf = app.conf
+        conf, amqp = app.conf, app.amqp
+        levels = conf.task_repr_maxlevels
+        empty_reprs = (saferepr((), amqp.argsrepr_maxsize, maxlevels=levels),
+                       saferepr({}, amqp.kwargsrepr_maxsize, maxlevels=levels))
         return cls(app, producer, {k: v for k, v in options.items() if v is not None},
                    app.current_worker_task, conf.task_send_sent_event,
-                   conf.task_inherit_parent_priority, app.thread_oid)
+                   conf.task_inherit_parent_priority, app.thread_oid,
+                   empty_reprs=empty_reprs)
+
+    def reprs(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> dict[str, str]:
+        """The argsrepr and kwargsrepr known already for empty arguments, unless given."""
+        known = {}
+        if not args and "argsrepr" not in options:
+            known["argsrepr"] = self.empty_reprs[0]
+        if not kwargs and "kwargsrepr" not in options:
+            known["kwargsrepr"] = self.empty_reprs[1]
+        return known
 
 
 def enqueue_many(signatures: Iterable[Any], **options: Any) -> list[Any]:
@@ -246,7 +263,8 @@ def _send_task(call: _Call, task: Any, args: tuple, kwargs: dict, countdown: Any
         task_id, task.name, args, kwargs, countdown, eta, group_id, group_index, expires,
         retries, chord, maybe_list(link), maybe_list(link_error), reply_to or call.reply_to,
         time_limit, soft_time_limit, call.sent_event, root_id, parent_id, shadow, chain,
-        ignore_result=ignore_result, replaced_task_nesting=replaced_task_nesting, **options)
+        ignore_result=ignore_result, replaced_task_nesting=replaced_task_nesting,
+        **call.reprs(args, kwargs, options), **options)
     for stamp in options.pop("stamped_headers", []):
         options.pop(stamp)
     if not ignore_result:

@@ -33,6 +33,7 @@ def app(db_url: str) -> Iterator[Celery]:
                     task_routes={"bulk.report": {"queue": "reports"}})
     app.task(name="bulk.add")(_add)
     app.task(name="bulk.report", priority=7)(_add)
+    app.task(name="bulk.ping")(_ping)
     yield app
     app.pool.force_close_all()  # Celery's close() drops pooled connections without closing
     app.close()
@@ -40,6 +41,10 @@ def app(db_url: str) -> Iterator[Celery]:
 
 def _add(x: int, y: int = 0) -> int:
     return x + y
+
+
+def _ping() -> str:
+    return "pong"
 
 
 def stored(db_url: str) -> list[dict[str, Any]]:
@@ -66,7 +71,11 @@ def count(db_url: str) -> int:
                                                  queue="other", expires=600), {}),
     (lambda app: app.tasks["bulk.add"].s(7), {"countdown": 300, "retries": 2,
                                               "headers": {"tenant": "acme"}}),
-])
+    (lambda app: app.tasks["bulk.ping"].s(), {}),
+    (lambda app: app.tasks["bulk.add"].s(x=8), {}),
+    (lambda app: app.tasks["bulk.ping"].s(), {"argsrepr": "(hidden)", "kwargsrepr": "{...}"}),
+], ids=["args-and-kwargs", "routed", "options", "apply-options", "no-arguments",
+        "kwargs-only", "reprs-given"])
 def test_the_stored_payload_is_the_one_apply_async_stores(db_url, app, signature, options):
     # given the same signature sent once by apply_async and once by enqueue_many
     sig = signature(app)
