@@ -202,9 +202,8 @@ class Channel(virtual.Channel):
         """Send the acks waiting for this loop turn; on failure they stay for the next try,
         or the close, since a lost ack means the task runs again. With ``hold``, acks wait
         up to :data:`ACK_HOLD` for the claim that a full window's last claim promises."""
-        if not self._acks:
-            return
-        if hold and self.pending and monotonic() < self._acks_since + ACK_HOLD:
+        due = self.acks_due_at()
+        if due is None or (hold and self.pending and monotonic() < due):
             return
         self.store.ack(self._acks, self._consumer_id())
         self._acks = []

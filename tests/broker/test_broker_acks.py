@@ -57,13 +57,18 @@ def turn_until(hub: Hub, done: Callable[[], bool], what: str, timeout: float = 1
         next(loop)
 
 
+def backlog(connect: Connect, name: str, count: int) -> Queue:
+    """Queue ``name`` holding ``count`` messages ``{"n": 0}`` and up."""
+    queue, producer = Queue(name), connect()
+    for n in range(count):
+        publish(producer, queue, {"n": n})
+    return queue
+
+
 def test_the_acks_of_a_backlog_ride_with_its_claims(
         db_url: str, connect: Connect, looped, acks_alone: list[int]) -> None:
     # Given 12 messages queued, and a consumer in the event loop with a window of 4
-    queue = Queue("backlog")
-    producer = connect()
-    for n in range(12):
-        publish(producer, queue, {"n": n})
+    queue = backlog(connect, "backlog", 12)
     conn, hub = looped()
     runs: dict[int, int] = {}
 
@@ -83,10 +88,7 @@ def test_the_acks_of_a_backlog_ride_with_its_claims(
 def test_an_ack_with_no_claim_coming_goes_on_its_own_within_the_hold(
         db_url: str, connect: Connect, looped, acks_alone: list[int]) -> None:
     # Given a consumer in the event loop with a window of 4 holding a full window of a backlog
-    queue = Queue("held")
-    producer = connect()
-    for n in range(6):
-        publish(producer, queue, {"n": n})
+    queue = backlog(connect, "held", 6)
     conn, hub = looped()
     received: list[Message] = []
     with Consumer(conn, [queue], callbacks=[lambda body, message: received.append(message)],
