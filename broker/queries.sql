@@ -132,27 +132,46 @@ DELETE FROM pgjobs_broker_consumer WHERE id = ANY(%(consumers)s::uuid[]);
 -- best of each, and so on; within a queue, priority (higher first), then publication order.
 -- Each queue is read through pgjobs_broker_message_ready; SKIP LOCKED keeps concurrent
 -- claimers from waiting on each other. The caller rotates the order from claim to claim.
+-- A claim locks only what it takes: "firsts" reads the queues in order (the nested loop keeps
+-- the order of "wanted") and stops at the %(limit)s-th that has a message, so a consumer of
+-- many queues reads as many as it takes from; only if fewer queues than that had one does
+-- "more" read on in those.
 -- A claim that fills its limit makes the consumer busy on %(busy)s: it comes back to them by
 -- itself, and publishing to them no longer needs to wake it.
 WITH wanted AS (
     SELECT queue, position
     FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS w (queue, position)
-), candidates AS (
-    SELECT m.id, m.priority, w.position
+), firsts AS (
+    SELECT m.id, w.queue, w.position
     FROM wanted w
     CROSS JOIN LATERAL (
-        SELECT id, priority
+        SELECT id
         FROM pgjobs_broker_message
         WHERE queue = w.queue AND consumer IS NULL AND NOT delayed
           AND visible_at <= COALESCE(%(now)s::timestamptz, statement_timestamp())
         ORDER BY priority DESC, id
-        LIMIT %(limit)s
+        LIMIT 1
         FOR UPDATE SKIP LOCKED
     ) m
+    LIMIT %(limit)s
+), more AS (
+    SELECT m.id, f.position,
+           1 + row_number() OVER (PARTITION BY f.position ORDER BY m.priority DESC, m.id) AS turn
+    FROM firsts f
+    CROSS JOIN LATERAL (
+        SELECT id, priority
+        FROM pgjobs_broker_message
+        WHERE queue = f.queue AND consumer IS NULL AND NOT delayed AND id <> f.id
+          AND visible_at <= COALESCE(%(now)s::timestamptz, statement_timestamp())
+        ORDER BY priority DESC, id
+        LIMIT %(limit)s - (SELECT count(*) FROM firsts)
+        FOR UPDATE SKIP LOCKED
+    ) m
+    WHERE (SELECT count(*) FROM firsts) < %(limit)s
 ), picked AS (
-    SELECT id, position,
-           row_number() OVER (PARTITION BY position ORDER BY priority DESC, id) AS turn
-    FROM candidates
+    SELECT id, position, 1::bigint AS turn FROM firsts
+    UNION ALL
+    SELECT id, position, turn FROM more
     ORDER BY turn, position
     LIMIT %(limit)s
 ), busy AS (
