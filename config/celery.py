@@ -35,7 +35,7 @@ except SettingsError as error:
 @signals.import_modules.connect
 def _refuse_to_start_without_database(**_: object) -> None:
     try:
-        check_database(get_settings().require_database_url())
+        check_database(get_settings().require_database_url(), granted=True)
     except SettingsError as error:
         raise SystemExit(f"pgjobs: {error}") from None
 

@@ -131,6 +131,22 @@ def roles_behind(url: str) -> list[str]:
 
 def missing_privileges(conn: psycopg.Connection, schema: str, role: str) -> list[tuple[str, str]]:
     """The (relation, privilege) pairs of the plan that ``role`` lacks in ``schema``."""
+    return [(relation, privilege) for relation, privilege, _ in _lacking(conn, schema, role)]
+
+
+def privileges_lacking(conn: psycopg.Connection) -> tuple[str, list[tuple[str, str]]] | None:
+    """This session's role and the (relation, privilege) pairs of the plan it lacks on the
+    pgjobs relations there are (one not migrated yet is for the schema checks to report);
+    None when this database has no pgjobs tables."""
+    found = conn.execute(QUERIES["pgjobs_schema"]).fetchone()
+    if found is None:
+        return None
+    schema, role = found[0], found[3]
+    return role, [(relation, privilege)
+                  for relation, privilege, absent in _lacking(conn, schema, role) if not absent]
+
+
+def _lacking(conn: psycopg.Connection, schema: str, role: str) -> list[tuple[str, str, bool]]:
     pairs = [(table, privilege) for table, privileges in TABLES.items()
              for privilege in privileges]
     pairs += [(sequence, "USAGE") for sequence in SEQUENCES]
@@ -150,7 +166,7 @@ def _schema_to_grant_on(conn: psycopg.Connection) -> str:
     if found is None:
         raise GrantError("the pgjobs tables are not in this database (or not on its "
                          "search_path): run `pgjobs migrate` first")
-    schema, owner, may_grant = found
+    schema, owner, may_grant, _ = found
     if not may_grant:
         raise GrantError(f"this session's role cannot grant on the pgjobs tables, which "
                          f"{owner} owns: run `pgjobs grant` with the DATABASE_URL that "

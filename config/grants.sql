@@ -5,8 +5,10 @@
 
 -- name: pgjobs_schema
 -- Where the pgjobs tables are (the schema `pgjobs migrate` created them in, found on this
--- session's search path), who owns them, and whether this session may grant on them.
-SELECT n.nspname, pg_get_userbyid(c.relowner), pg_has_role(current_user, c.relowner, 'USAGE')
+-- session's search path), who owns them, whether this session may grant on them, and the
+-- session's role.
+SELECT n.nspname, pg_get_userbyid(c.relowner), pg_has_role(current_user, c.relowner, 'USAGE'),
+       current_user
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('pgjobs_broker_message');
@@ -56,8 +58,9 @@ ORDER BY 1;
 
 -- name: missing_privileges
 -- The (relation, privilege) pairs of the plan the role lacks, directly or through a role it
--- belongs to. A relation the database lacks (not migrated yet) counts as missing.
-SELECT p.relation, p.privilege
+-- belongs to. A relation the database lacks (not migrated yet) counts as missing, and says so
+-- in "absent".
+SELECT p.relation, p.privilege, found.oid IS NULL AS absent
 FROM unnest(%(relations)s::text[], %(privileges)s::text[], %(sequence)s::bool[])
      AS p (relation, privilege, is_sequence)
 CROSS JOIN LATERAL (SELECT to_regclass(quote_ident(%(schema)s) || '.' || quote_ident(p.relation))

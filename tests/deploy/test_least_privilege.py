@@ -240,3 +240,32 @@ def test_a_role_that_may_still_create_tables_is_granted_with_a_warning(
     assert granted.returncode == 0, granted.stderr
     assert f"warning: role '{runtime_role}' may still create tables in schema 'public'" in (
         granted.stderr)
+
+
+@pytest.mark.parametrize(("process", "granted", "complaint"), [
+    ("worker", "all but DELETE on pgjobs_broker_message",
+     "lacks DELETE on pgjobs_broker_message that pgjobs needs"),
+    ("beat", "nothing", "more privileges that pgjobs needs"),
+])
+def test_a_role_lacking_a_privilege_stops_start_up_with_one_line(
+        db_url: str, runtime_role: str, process: str, granted: str, complaint: str,
+        tmp_path: Path) -> None:
+    # Given a role granted part of what pgjobs needs, or nothing
+    if granted != "nothing":
+        assert pgjobs(db_url, "grant", runtime_role).returncode == 0
+        _admin(db_url, sql.SQL("REVOKE DELETE ON pgjobs_broker_message FROM {}").format(
+            sql.Identifier(runtime_role)))
+
+    # When a worker or a beat starts as that role
+    env = {"DATABASE_URL": as_role(db_url, runtime_role), "PATH": ""}
+    started = subprocess.run([str(BIN / "celery"), "-A", "config", process], env=env,
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    # Then it stops at once, in one line naming what is missing and the command that grants it
+    assert started.returncode != 0
+    assert "Traceback" not in started.stderr
+    line = started.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"pgjobs: DATABASE_URL: role {runtime_role} lacks "), line
+    assert complaint in line, line
+    assert line.endswith(f"run `pgjobs grant {runtime_role}` with the DATABASE_URL that "
+                         "`pgjobs migrate` runs with"), line
