@@ -10,7 +10,7 @@ from celery import Celery, signals
 
 import broker  # noqa: F401 - registers the postgresql:// transport alias with kombu
 from config.celeryconfig import celery_config
-from config.checks import check_database
+from config.checks import check_serving
 from config.settings import SettingsError, get_settings
 
 
@@ -35,7 +35,7 @@ except SettingsError as error:
 @signals.import_modules.connect
 def _refuse_to_start_without_database(**_: object) -> None:
     try:
-        check_database(get_settings().require_database_url(), granted=True)
+        check_serving(get_settings())
     except SettingsError as error:
         raise SystemExit(f"pgjobs: {error}") from None
 

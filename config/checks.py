@@ -2,30 +2,76 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 
 from broker.urls import redact
 from config.errors import advice, one_line
-from config.settings import SettingsError
+from config.settings import Settings, SettingsError
 from config.urls import with_connect_timeout
 
+# The server process serving this session; through a pooler it is not the one whose cancel
+# key (BackendKeyData) the client was given at connection time.
+_BACKEND = "SELECT pg_backend_pid()"
 
-def check_database(url: str, *, granted: bool = False) -> None:
+
+def check_database(url: str) -> None:
     """Raise SettingsError naming DATABASE_URL, and what can fix it, when PostgreSQL cannot
-    be reached at ``url``; with ``granted``, also when its role lacks a privilege that
-    workers and beats need on the pgjobs tables (they would otherwise retry for ever)."""
-    lacking = None
+    be reached at ``url``."""
+    _connected(url, "DATABASE_URL", lambda conn: None)
+
+
+def check_serving(settings: Settings) -> None:
+    """What a worker or a beat checks before it starts, each failure one SettingsError line:
+    PostgreSQL is reachable; the role may do what pgjobs does there (it would otherwise retry
+    every refused statement for ever); and the connections that need a session of their own
+    (LISTEN, beat's leader lock, prepared statements) do not go through a pooler, where they
+    would silently share one server session with other clients."""
+    url, direct = settings.require_database_url(), settings.database_direct_url
+    _connected(url, "DATABASE_URL", lambda conn: _served(conn, "DATABASE_URL", direct is None))
+    if direct is not None:
+        _connected(direct, "DATABASE_DIRECT_URL",
+                   lambda conn: _served(conn, "DATABASE_DIRECT_URL", True, grants=False))
+
+
+def _connected(url: str, name: str,
+               check: Callable[[psycopg.Connection], str | None]) -> None:
+    """Connect to ``url`` and run ``check`` on the connection; a failure to connect is one
+    line naming ``name``."""
+    problem = None
     try:
         with psycopg.connect(with_connect_timeout(url)) as conn:
-            conn.execute("SELECT 1")
-            if granted:
-                from config.grants import privileges_lacking
-
-                lacking = privileges_lacking(conn)
+            problem = check(conn)
     except psycopg.Error as error:
-        raise SettingsError(unreachable(url, error)) from None
-    if lacking and lacking[1]:
-        raise SettingsError(not_granted(*lacking))
+        raise SettingsError(unreachable(url, error, name)) from None
+    if problem:
+        raise SettingsError(problem)
+
+
+def _served(conn: psycopg.Connection, name: str, needs_session: bool,
+            grants: bool = True) -> str | None:
+    """What is wrong with this connection for a worker or a beat, or None."""
+    (backend,) = conn.execute(_BACKEND).fetchone()
+    if needs_session and backend != conn.info.backend_pid:
+        return pooled(name)
+    if grants:
+        from config.grants import privileges_lacking
+
+        lacking = privileges_lacking(conn)
+        if lacking and lacking[1]:
+            return not_granted(*lacking)
+    return None
+
+
+def pooled(name: str) -> str:
+    """The one line saying that ``name`` reaches a pooler where a session is needed."""
+    if name == "DATABASE_URL":
+        return ("DATABASE_URL goes through a connection pooler (such as PgBouncer): set "
+                "DATABASE_DIRECT_URL to PostgreSQL itself, for the connections that need a "
+                "session of their own (LISTEN, beat's leader lock, prepared statements)")
+    return (f"{name} goes through a connection pooler (such as PgBouncer): point it at "
+            "PostgreSQL itself; LISTEN and beat's leader lock need a session of their own")
 
 
 def not_granted(role: str, missing: list[tuple[str, str]]) -> str:
@@ -37,8 +83,8 @@ def not_granted(role: str, missing: list[tuple[str, str]]) -> str:
             "runs with")
 
 
-def unreachable(url: str, error: BaseException) -> str:
-    """The one line naming DATABASE_URL (password masked), why it cannot be reached, and what
-    can fix it."""
-    return (f"DATABASE_URL: cannot connect to {redact(url)} ({one_line(error)}); "
-            f"{advice(error) or 'check DATABASE_URL'}")
+def unreachable(url: str, error: BaseException, name: str = "DATABASE_URL") -> str:
+    """The one line naming the setting ``name`` (password masked), why it cannot be
+    reached, and what can fix it."""
+    return (f"{name}: cannot connect to {redact(url)} ({one_line(error)}); "
+            f"{advice(error) or f'check {name}'}")

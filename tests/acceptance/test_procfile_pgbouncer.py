@@ -9,7 +9,6 @@ import pytest
 
 from tests.acceptance.deploy_scenario import run_deployment
 from tests.broker import pgbouncer
-from tests.polling import wait_until
 
 pytestmark = pytest.mark.acceptance
 
@@ -39,11 +38,36 @@ def test_worker_beat_and_producer_run_through_pgbouncer(procfile_env, smtp_inbox
         assert len(names) <= POOL_SIZE + 2, names
 
 
-def test_beat_behind_pgbouncer_without_a_direct_url_says_what_to_set(procfile_env, app_db):
+@pytest.mark.parametrize("role", ["worker", "beat"])
+def test_behind_pgbouncer_without_a_direct_url_worker_and_beat_say_what_to_set(
+        procfile_env, app_db, role):
     with pgbouncer.pgbouncer(app_db, pool_size=POOL_SIZE) as bouncer_url:
+        # Given DATABASE_URL on a PgBouncer and no DATABASE_DIRECT_URL
         procfile_env.env.update(DATABASE_URL=bouncer_url)
-        log = procfile_env.start("beat")
-        line = wait_until(lambda: next((text for text in log.read_text().splitlines()
-                                        if "cannot reach the database" in text), None),
-                          60, "beat to say why it cannot lead", log.read_text)
-        assert "point DATABASE_DIRECT_URL (Celery's beat_lock_dburi) past the pooler" in line
+        procfile_env.env.pop("DATABASE_DIRECT_URL", None)
+
+        # When the Procfile's worker or beat starts
+        done = procfile_env.run(role)
+
+    # Then it does not start (its LISTEN, its lock and its prepared statements would share
+    # server sessions with other clients), and says in one line what to set
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "pgjobs: DATABASE_URL goes through a connection pooler (such as PgBouncer): set "
+        "DATABASE_DIRECT_URL to PostgreSQL itself, for the connections that need a session of "
+        "their own (LISTEN, beat's leader lock, prepared statements)")
+
+
+def test_a_direct_url_on_pgbouncer_is_refused_at_start(procfile_env, app_db):
+    with pgbouncer.pgbouncer(app_db, pool_size=POOL_SIZE) as bouncer_url:
+        # Given a DATABASE_DIRECT_URL that names the pooler too
+        procfile_env.env.update(DATABASE_URL=bouncer_url, DATABASE_DIRECT_URL=bouncer_url)
+
+        done = procfile_env.run("worker")
+
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "pgjobs: DATABASE_DIRECT_URL goes through a connection pooler (such as PgBouncer): "
+        "point it at PostgreSQL itself; LISTEN and beat's leader lock need a session of "
+        "their own")
