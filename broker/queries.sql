@@ -132,10 +132,11 @@ DELETE FROM pgjobs_broker_consumer WHERE id = ANY(%(consumers)s::uuid[]);
 -- best of each, and so on; within a queue, priority (higher first), then publication order.
 -- Each queue is read through pgjobs_broker_message_ready; SKIP LOCKED keeps concurrent
 -- claimers from waiting on each other. The caller rotates the order from claim to claim.
--- A claim locks only what it takes: "firsts" reads the queues in order (the nested loop keeps
--- the order of "wanted") and stops at the %(limit)s-th that has a message, so a consumer of
--- many queues reads as many as it takes from; only if fewer queues than that had one does
--- "more" read on in those.
+-- "firsts" reads the queues in order (the nested loop keeps the order of "wanted": the lateral
+-- cannot be flattened, and an ORDER BY would sort above it, reading every queue) and stops at
+-- the %(limit)s-th that has a message, so over many queues a claim locks only the heads it
+-- takes. Only if fewer queues than that had one does "more" read on in those, locking up to
+-- the rest of the limit in each (the claim is then full).
 -- A claim that fills its limit makes the consumer busy on %(busy)s: it comes back to them by
 -- itself, and publishing to them no longer needs to wake it.
 WITH wanted AS (

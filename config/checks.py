@@ -27,12 +27,13 @@ def check_serving(settings: Settings) -> None:
     PostgreSQL is reachable; the role may do what pgjobs does there (it would otherwise retry
     every refused statement for ever); and the connections that need a session of their own
     (LISTEN, beat's leader lock, prepared statements) do not go through a pooler, where they
-    would silently share one server session with other clients."""
+    would share server sessions with other clients. A DATABASE_DIRECT_URL that is set is
+    taken at its word: it may be a pooler that keeps sessions."""
     url, direct = settings.require_database_url(), settings.database_direct_url
-    _connected(url, "DATABASE_URL", lambda conn: _served(conn, "DATABASE_URL", direct is None))
-    if direct is not None:
-        _connected(direct, "DATABASE_DIRECT_URL",
-                   lambda conn: _served(conn, "DATABASE_DIRECT_URL", True, grants=False))
+    _connected(url, "DATABASE_URL", lambda conn: _served(conn, needs_session=direct is None))
+    if settings.broker_url and settings.broker_is_postgres:
+        _connected(settings.broker_url, "BROKER_URL",
+                   lambda conn: pooled("BROKER_URL") if _through_pooler(conn) else None)
 
 
 def _connected(url: str, name: str,
@@ -49,29 +50,31 @@ def _connected(url: str, name: str,
         raise SettingsError(problem)
 
 
-def _served(conn: psycopg.Connection, name: str, needs_session: bool,
-            grants: bool = True) -> str | None:
-    """What is wrong with this connection for a worker or a beat, or None."""
-    (backend,) = conn.execute(_BACKEND).fetchone()
-    if needs_session and backend != conn.info.backend_pid:
-        return pooled(name)
-    if grants:
-        from config.grants import privileges_lacking
+def _served(conn: psycopg.Connection, needs_session: bool) -> str | None:
+    """What is wrong with DATABASE_URL's connection for a worker or a beat, or None."""
+    if needs_session and _through_pooler(conn):
+        return pooled("DATABASE_URL")
+    from config.grants import privileges_lacking
 
-        lacking = privileges_lacking(conn)
-        if lacking and lacking[1]:
-            return not_granted(*lacking)
-    return None
+    lacking = privileges_lacking(conn)
+    return not_granted(*lacking) if lacking and lacking[1] else None
+
+
+def _through_pooler(conn: psycopg.Connection) -> bool:
+    (backend,) = conn.execute(_BACKEND).fetchone()
+    return backend != conn.info.backend_pid
 
 
 def pooled(name: str) -> str:
     """The one line saying that ``name`` reaches a pooler where a session is needed."""
     if name == "DATABASE_URL":
         return ("DATABASE_URL goes through a connection pooler (such as PgBouncer): set "
-                "DATABASE_DIRECT_URL to PostgreSQL itself, for the connections that need a "
-                "session of their own (LISTEN, beat's leader lock, prepared statements)")
+                "DATABASE_DIRECT_URL to PostgreSQL itself (or, for a pooler in session mode, "
+                "to the same URL), for the connections that need a session of their own "
+                "(LISTEN, beat's leader lock, prepared statements)")
     return (f"{name} goes through a connection pooler (such as PgBouncer): point it at "
-            "PostgreSQL itself; LISTEN and beat's leader lock need a session of their own")
+            "PostgreSQL itself, or leave it unset for the broker to share DATABASE_URL and "
+            "DATABASE_DIRECT_URL")
 
 
 def not_granted(role: str, missing: list[tuple[str, str]]) -> str:
@@ -87,4 +90,4 @@ def unreachable(url: str, error: BaseException, name: str = "DATABASE_URL") -> s
     """The one line naming the setting ``name`` (password masked), why it cannot be
     reached, and what can fix it."""
     return (f"{name}: cannot connect to {redact(url)} ({one_line(error)}); "
-            f"{advice(error) or f'check {name}'}")
+            f"{advice(error, name) or f'check {name}'}")

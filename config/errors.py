@@ -31,9 +31,9 @@ def one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def advice(error: BaseException) -> str | None:
-    """What can fix a database ``error``: migrate for a missing table, the URL or the server
-    for a failed connection; None for anything else."""
+def advice(error: BaseException, setting: str = "DATABASE_URL") -> str | None:
+    """What can fix a database ``error``: migrate for a missing table, the URL in ``setting``
+    or the server for a failed connection; None for anything else."""
     driver_error = getattr(error, "orig", None) or error
     sqlstate = getattr(driver_error, "sqlstate", "not a driver error")
     if sqlstate == _UNDEFINED_TABLE:
@@ -43,8 +43,8 @@ def advice(error: BaseException) -> str | None:
     text = str(driver_error)
     for pattern, fix in _CONNECTION_ADVICE:
         if pattern.search(text):
-            return fix
-    return _REACH_ADVICE
+            return fix.replace("DATABASE_URL", setting)
+    return _REACH_ADVICE.replace("DATABASE_URL", setting)
 
 
 def database_error(error: BaseException) -> str:

@@ -140,7 +140,8 @@ def privileges_lacking(conn: psycopg.Connection) -> tuple[str, list[tuple[str, s
     None when this database has no pgjobs tables."""
     found = conn.execute(QUERIES["pgjobs_schema"]).fetchone()
     if found is None:
-        return None
+        hidden = conn.execute(QUERIES["pgjobs_schema_unusable"]).fetchone()
+        return None if hidden is None else (hidden[1], [(f"schema {hidden[0]}", "USAGE")])
     schema, role = found[0], found[3]
     return role, [(relation, privilege)
                   for relation, privilege, absent in _lacking(conn, schema, role) if not absent]

@@ -13,6 +13,17 @@ FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('pgjobs_broker_message');
 
+-- name: pgjobs_schema_unusable
+-- A schema holding the pgjobs tables that this session's role may not use (no USAGE), and
+-- the role: the search path skips such a schema, so pgjobs_schema finds no tables there.
+SELECT n.nspname, current_user
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = 'pgjobs_broker_message' AND c.relkind IN ('r', 'p')
+  AND NOT has_schema_privilege(n.oid, 'USAGE')
+ORDER BY 1
+LIMIT 1;
+
 -- name: role_standing
 -- What the role could do whatever pgjobs grants it: superuser, member of the tables' owner
 -- (and so able to alter or drop them), CREATE in their schema (PUBLIC had it before

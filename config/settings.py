@@ -70,9 +70,9 @@ class Settings(BaseSettings):
     PostgreSQL BROKER_URL) prepare their statements on the server, so that each is parsed and
     planned once per connection: a publish or a stored result then costs the server about a
     third as much. Default: on, unless DATABASE_DIRECT_URL is set, which says DATABASE_URL is
-    a transaction-pooling PgBouncer, where prepared statements fail. ``false`` turns them off
-    (a PgBouncer without DATABASE_DIRECT_URL); ``true`` keeps them on (a PgBouncer in session
-    mode, or 1.21+ with ``max_prepared_statements``)."""
+    a transaction-pooling PgBouncer, where prepared statements fail. ``false`` turns them off;
+    ``true`` keeps them on (a PgBouncer in session mode, with DATABASE_DIRECT_URL set to its URL
+    too, or 1.21+ with ``max_prepared_statements``)."""
 
     broker_url: str | None = Field(default=None, repr=False)
     """BROKER_URL: where messages go. Default: DATABASE_URL (pgjobs' PostgreSQL broker).

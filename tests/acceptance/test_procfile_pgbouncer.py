@@ -55,19 +55,21 @@ def test_behind_pgbouncer_without_a_direct_url_worker_and_beat_say_what_to_set(
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "pgjobs: DATABASE_URL goes through a connection pooler (such as PgBouncer): set "
-        "DATABASE_DIRECT_URL to PostgreSQL itself, for the connections that need a session of "
-        "their own (LISTEN, beat's leader lock, prepared statements)")
+        "DATABASE_DIRECT_URL to PostgreSQL itself (or, for a pooler in session mode, to the "
+        "same URL), for the connections that need a session of their own (LISTEN, beat's "
+        "leader lock, prepared statements)")
 
 
-def test_a_direct_url_on_pgbouncer_is_refused_at_start(procfile_env, app_db):
+def test_a_broker_url_on_pgbouncer_is_refused_at_start(procfile_env, app_db):
     with pgbouncer.pgbouncer(app_db, pool_size=POOL_SIZE) as bouncer_url:
-        # Given a DATABASE_DIRECT_URL that names the pooler too
-        procfile_env.env.update(DATABASE_URL=bouncer_url, DATABASE_DIRECT_URL=bouncer_url)
+        # Given a BROKER_URL of its own on the pooler: the broker's LISTEN and prepared
+        # statements would go there, with no direct URL of its own
+        procfile_env.env.update(DATABASE_URL=app_db, BROKER_URL=bouncer_url)
 
         done = procfile_env.run("worker")
 
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
-        "pgjobs: DATABASE_DIRECT_URL goes through a connection pooler (such as PgBouncer): "
-        "point it at PostgreSQL itself; LISTEN and beat's leader lock need a session of "
-        "their own")
+        "pgjobs: BROKER_URL goes through a connection pooler (such as PgBouncer): point it at "
+        "PostgreSQL itself, or leave it unset for the broker to share DATABASE_URL and "
+        "DATABASE_DIRECT_URL")

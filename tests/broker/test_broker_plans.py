@@ -53,7 +53,8 @@ def test_a_claim_on_a_table_never_analysed_walks_the_ready_index(
     assert "Seq Scan on pgjobs_broker_message" not in plan, plan
     ready = [line for line in plan.splitlines() if "pgjobs_broker_message_ready" in line]
     assert ready and all("Index Scan" in line for line in ready), plan
-    # and it locks the eight rows it takes, however many queues it could take them from
+    # and it locks just the eight rows it takes: from one queue, or one from each of the
+    # first eight of many
     assert locked(plan) == 8, plan
 
 

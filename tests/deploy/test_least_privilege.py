@@ -246,15 +246,19 @@ def test_a_role_that_may_still_create_tables_is_granted_with_a_warning(
     ("worker", "all but DELETE on pgjobs_broker_message",
      "lacks DELETE on pgjobs_broker_message that pgjobs needs"),
     ("beat", "nothing", "more privileges that pgjobs needs"),
+    ("worker", "nothing, not even USAGE on the schema",
+     "lacks USAGE on schema public that pgjobs needs"),
 ])
 def test_a_role_lacking_a_privilege_stops_start_up_with_one_line(
         db_url: str, runtime_role: str, process: str, granted: str, complaint: str,
         tmp_path: Path) -> None:
     # Given a role granted part of what pgjobs needs, or nothing
-    if granted != "nothing":
+    if granted.startswith("all"):
         assert pgjobs(db_url, "grant", runtime_role).returncode == 0
         _admin(db_url, sql.SQL("REVOKE DELETE ON pgjobs_broker_message FROM {}").format(
             sql.Identifier(runtime_role)))
+    if "schema" in granted:  # the search path then skips the schema: no tables to be seen
+        _admin(db_url, "REVOKE USAGE ON SCHEMA public FROM PUBLIC")
 
     # When a worker or a beat starts as that role
     env = {"DATABASE_URL": as_role(db_url, runtime_role), "PATH": ""}
