@@ -31,6 +31,9 @@ def check_serving(settings: Settings) -> None:
     taken at its word: it may be a pooler that keeps sessions."""
     url, direct = settings.require_database_url(), settings.database_direct_url
     _connected(url, "DATABASE_URL", lambda conn: _served(conn, needs_session=direct is None))
+    if direct is not None:  # beat's leader lock and lease, and the LISTEN connections
+        _connected(direct, "DATABASE_DIRECT_URL",
+                   lambda conn: _granted(conn, "DATABASE_DIRECT_URL"))
     if settings.broker_url and settings.broker_is_postgres:
         _connected(settings.broker_url, "BROKER_URL",
                    lambda conn: pooled("BROKER_URL") if _through_pooler(conn) else None)
@@ -54,10 +57,15 @@ def _served(conn: psycopg.Connection, needs_session: bool) -> str | None:
     """What is wrong with DATABASE_URL's connection for a worker or a beat, or None."""
     if needs_session and _through_pooler(conn):
         return pooled("DATABASE_URL")
+    return _granted(conn, "DATABASE_URL")
+
+
+def _granted(conn: psycopg.Connection, name: str) -> str | None:
+    """The one line naming what the role of ``name`` lacks of pgjobs grant's plan, or None."""
     from config.grants import privileges_lacking
 
     lacking = privileges_lacking(conn)
-    return not_granted(*lacking) if lacking and lacking[1] else None
+    return not_granted(*lacking, name) if lacking and lacking[1] else None
 
 
 def _through_pooler(conn: psycopg.Connection) -> bool:
@@ -77,11 +85,12 @@ def pooled(name: str) -> str:
             "DATABASE_DIRECT_URL")
 
 
-def not_granted(role: str, missing: list[tuple[str, str]]) -> str:
-    """The one line naming ``role``, the first privilege it lacks, and `pgjobs grant`."""
+def not_granted(role: str, missing: list[tuple[str, str]], name: str = "DATABASE_URL") -> str:
+    """The one line naming the setting ``name``, its ``role``, the first privilege it lacks,
+    and `pgjobs grant`."""
     relation, privilege = missing[0]
     more = f" and {len(missing) - 1} more privileges" if len(missing) > 1 else ""
-    return (f"DATABASE_URL: role {role} lacks {privilege} on {relation}{more} that pgjobs "
+    return (f"{name}: role {role} lacks {privilege} on {relation}{more} that pgjobs "
             f"needs; run `pgjobs grant {role}` with the DATABASE_URL that `pgjobs migrate` "
             "runs with")
 

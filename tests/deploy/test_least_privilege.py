@@ -273,3 +273,20 @@ def test_a_role_lacking_a_privilege_stops_start_up_with_one_line(
     assert complaint in line, line
     assert line.endswith(f"run `pgjobs grant {runtime_role}` with the DATABASE_URL that "
                          "`pgjobs migrate` runs with"), line
+
+
+def test_a_direct_url_whose_role_lacks_the_grants_stops_start_up(
+        db_url: str, runtime_role: str, tmp_path: Path) -> None:
+    # Given DATABASE_URL as the owner, and DATABASE_DIRECT_URL (beat's lock and lease, the
+    # LISTEN connections) as a role granted nothing
+    env = {"DATABASE_URL": db_url, "DATABASE_DIRECT_URL": as_role(db_url, runtime_role),
+           "PATH": ""}
+
+    started = subprocess.run([str(BIN / "celery"), "-A", "config", "beat"], env=env,
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    assert started.returncode != 0
+    line = started.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"pgjobs: DATABASE_DIRECT_URL: role {runtime_role} lacks "), line
+    assert line.endswith(f"run `pgjobs grant {runtime_role}` with the DATABASE_URL that "
+                         "`pgjobs migrate` runs with"), line
