@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import DBAPIError
 
@@ -51,22 +52,42 @@ def _create(url: str, prepare: bool) -> Engine:
 
 @contextmanager
 def lend() -> Iterator[psycopg.Connection]:
-    """A connection of the engine's pool, as a plain psycopg connection with no transaction
-    open, for one operation of another library (the result backend, the broker's publishing);
-    then back to the pool. A connection that failed is dropped from the pool rather than
-    handed out again. Failures are the driver's errors, not SQLAlchemy's wrappers: those
-    libraries, and kombu's and Celery's retries, know psycopg's."""
+    """A connection of the engine's pool, as a plain psycopg connection in autocommit with no
+    transaction open, for one operation of another library (the result backend, the broker's
+    publishing); then back to the pool, out of autocommit again. In autocommit a statement on
+    its own is one round trip (a stored result, a publish), where a transaction would add its
+    BEGIN and COMMIT; a borrower's ``transaction()`` still opens one. A connection that failed
+    is dropped from the pool rather than handed out again. Failures are the driver's errors,
+    not SQLAlchemy's wrappers: those libraries, and kombu's and Celery's retries, know
+    psycopg's."""
     try:
         pooled = engine().raw_connection()
     except DBAPIError as error:
         raise error.orig from None
+    conn = pooled.driver_connection
     try:
-        yield pooled.driver_connection
+        conn.autocommit = True
+        yield conn
     except (psycopg.OperationalError, psycopg.InterfaceError):
         pooled.invalidate()
         raise
     finally:
+        if not _out_of_autocommit(conn):
+            pooled.invalidate()
         pooled.close()
+
+
+def _out_of_autocommit(conn: psycopg.Connection) -> bool:
+    """Put a lent connection back as SQLAlchemy's pool hands it out; False if it cannot be."""
+    if conn.closed:
+        return True  # the pool replaces it anyway
+    try:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
+        conn.autocommit = False
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _forget_inherited_connections() -> None:

@@ -26,6 +26,24 @@ def test_a_lent_connection_has_no_transaction_open_and_returns_to_the_pool(app_d
         again.rollback()
 
 
+def test_a_statement_on_a_lent_connection_commits_by_itself_in_one_round_trip(
+        app_db: str) -> None:
+    # given a connection lent for one statement (a stored result, a publish)
+    with lend() as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+        # then it ran in a transaction of its own, with no BEGIN and COMMIT around it
+        assert conn.autocommit
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+    # and the pool gets it back as SQLAlchemy hands it out, out of autocommit
+    from tasks.db import engine
+
+    with engine().connect() as sa_conn:
+        driver = sa_conn.connection.driver_connection
+        assert not driver.autocommit
+        assert driver.execute("SELECT pg_backend_pid()").fetchone() == backend
+        sa_conn.rollback()
+
+
 def test_a_lender_that_cannot_reach_the_database_raises_the_drivers_error(
         settings_env: Callable[..., None]) -> None:
     # given a DATABASE_URL where nothing listens
