@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 from config.settings import get_settings
 from config.urls import sqlalchemy_url
@@ -23,6 +23,7 @@ from config.urls import sqlalchemy_url
 _lock = threading.Lock()
 _engine: Engine | None = None
 _engine_url: str | None = None
+_lending = threading.local()  # set while lend() checks a connection out
 
 
 def engine() -> Engine:
@@ -39,15 +40,33 @@ def engine() -> Engine:
 
 
 def _create(url: str, prepare: bool) -> Engine:
-    return create_engine(
+    created = create_engine(
         url,
         pool_size=2,
         max_overflow=2,
-        pool_pre_ping=True,  # sqlalchemy_url sets the connect timeout
         # Server-side prepared statements (psycopg's default) only where DATABASE_URL is no
         # transaction-pooling PgBouncer (see DATABASE_PREPARED_STATEMENTS).
         connect_args={} if prepare else {"prepare_threshold": None},
     )
+    # SQLAlchemy's pre-ping (pool_pre_ping), but not for a loan (see lend()).
+    event.listen(created, "checkout", _pinger(created))
+    return created
+
+
+def _pinger(pinging: Engine) -> Callable[[psycopg.Connection, object, object], None]:
+    def ping(dbapi_connection: psycopg.Connection, record: object, proxy: object) -> None:
+        """Ping a connection checked out for the tasks, as pool_pre_ping would (a dead one is
+        replaced; sqlalchemy_url sets the connect timeout). A loan is not pinged: its
+        borrowers drop a connection that fails and retry, so a ping would only add a round
+        trip to every stored result and publish."""
+        if getattr(_lending, "active", False):
+            return
+        try:
+            pinging.dialect.do_ping(dbapi_connection)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            raise DisconnectionError(str(error)) from error
+
+    return ping
 
 
 @contextmanager
@@ -56,14 +75,18 @@ def lend() -> Iterator[psycopg.Connection]:
     transaction open, for one operation of another library (the result backend, the broker's
     publishing); then back to the pool, out of autocommit again. In autocommit a statement on
     its own is one round trip (a stored result, a publish), where a transaction would add its
-    BEGIN and COMMIT; a borrower's ``transaction()`` still opens one. A connection that failed
-    is dropped from the pool rather than handed out again. Failures are the driver's errors,
+    BEGIN and COMMIT; a borrower's ``transaction()`` still opens one. Nor is a loan pinged at
+    checkout: a connection that fails is dropped from the pool rather than handed out again,
+    and its borrower retries. Failures are the driver's errors,
     not SQLAlchemy's wrappers: those libraries, and kombu's and Celery's retries, know
     psycopg's."""
+    _lending.active = True
     try:
         pooled = engine().raw_connection()
     except DBAPIError as error:
         raise error.orig from None
+    finally:
+        _lending.active = False
     conn = pooled.driver_connection
     try:
         conn.autocommit = True

@@ -51,3 +51,38 @@ def test_a_lender_that_cannot_reach_the_database_raises_the_drivers_error(
     # when a connection is asked for, the error is psycopg's, which kombu retries on
     with pytest.raises(psycopg.OperationalError), lend():
         pass
+
+
+def _terminate(app_db: str, backend: int) -> None:
+    with psycopg.connect(app_db, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+
+
+def test_a_tasks_checkout_replaces_a_pooled_connection_the_server_ended(app_db: str) -> None:
+    from tasks.db import engine
+
+    # given a pooled connection whose server session was ended (a restart, a failover)
+    with engine().connect() as sa_conn:
+        (backend,) = sa_conn.exec_driver_sql("SELECT pg_backend_pid()").one()
+        sa_conn.rollback()
+    _terminate(app_db, backend)
+    # when a task checks a connection out, the ping replaces the dead one
+    with engine().connect() as sa_conn:
+        (again,) = sa_conn.exec_driver_sql("SELECT pg_backend_pid()").one()
+        sa_conn.rollback()
+    assert again != backend
+
+
+def test_a_loan_of_a_connection_the_server_ended_fails_once_and_the_next_gets_a_new_one(
+        app_db: str) -> None:
+    # given a pooled connection whose server session was ended
+    with lend() as conn:
+        (backend,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+    _terminate(app_db, backend)
+    # when it is lent, unpinged, its borrower's statement fails with the driver's error
+    with pytest.raises(psycopg.OperationalError), lend() as conn:
+        conn.execute("SELECT 1")
+    # and the pool dropped it: the next loan (the borrower's retry) works
+    with lend() as conn:
+        (again,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert again != backend
