@@ -17,7 +17,9 @@ from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 
+from broker import riders
 from broker.messages import Claimed, MalformedMessage, decode
+from broker.riders import Record
 from broker.store import Store, first_line
 
 if TYPE_CHECKING:
@@ -82,6 +84,8 @@ class Channel(virtual.Channel):
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
         self._acks_since = 0.0
+        # What pool children handed over for the messages of those acks (broker.riders).
+        self._records: list[Record] = []
         # Queues this channel's consumer is busy on (publishing there wakes nobody), and
         # whether the next claim must first say it waits for them again.
         self._busy: set[str] = set()
@@ -110,8 +114,10 @@ class Channel(virtual.Channel):
         self._orphaned = True
         self._adopter = consumer
         self._acks, acks = [], self._acks
+        self._records, records = [], self._records
         if acks and consumer is not None:
-            consumer.settle(lambda store: store.ack(acks, consumer.id))
+            consumer.settle(lambda store: store.ack(acks, consumer.id,
+                                                    riders.statements(records)))
         self.do_restore = False
         super().close()
 
@@ -136,27 +142,30 @@ class Channel(virtual.Channel):
     def ack(self, tags: list[int]) -> None:
         """Delete delivered messages. In Celery's event loop the deletes wait for the end of
         the loop turn, or for the next claim if one is due soon (:meth:`flush_acks`), and go
-        in its round trip."""
+        in its round trip. What pool children handed over for these messages goes with them."""
+        records = riders.take(tags)
         if self.connection is not None and self.connection.batches_acks():
             if not self._acks:
                 self._acks_since = monotonic()
             self._acks.extend(tags)
+            self._records.extend(records)
         else:
-            self._settle(Store.ack, tags)
+            self._settle(_riding(Store.ack, records), tags)
         if self.pending and self.connection is not None:
             self.connection.wake()  # the window had filled up: claim again now
 
     def reject(self, tag: int, requeue: bool) -> None:
         """Requeue at once, or move to the dead-letter table."""
+        records = riders.take([tag])
         if requeue:
-            self._settle(Store.release, [tag])
+            self._settle(_riding(Store.release, records), [tag])
         else:
             self._settle(lambda store, tags, consumer: store.dead_letter(
-                tags[0], REJECTED, consumer), [tag])
+                tags[0], REJECTED, consumer, riders.statements(records)), [tag])
 
     def release(self, tags: list[int]) -> None:
         """Put back the messages among ``tags`` that this channel's consumer still holds."""
-        self._settle(Store.release, tags)
+        self._settle(_riding(Store.release, riders.take(tags)), tags)
 
     def _settle(self, operation: Callable[[Store, list[int], uuid.UUID], None],
                 tags: list[int]) -> None:
@@ -205,8 +214,8 @@ class Channel(virtual.Channel):
         due = self.acks_due_at()
         if due is None or (hold and self.pending and monotonic() < due):
             return
-        self.store.ack(self._acks, self._consumer_id())
-        self._acks = []
+        self.store.ack(self._acks, self._consumer_id(), riders.statements(self._records))
+        self._acks, self._records = [], []
 
     def acks_due_at(self) -> float | None:
         """When the acks held for a claim must go on their own (monotonic); None if none."""
@@ -247,16 +256,18 @@ class Channel(virtual.Channel):
         if not self.connection.outage.ready():
             return 0
         acks, self._acks = self._acks, []
+        records, self._records = self._records, []
         waking = sorted(self._busy) if self._waking else []
         busy = self._busy_candidates(queues, waking)
         rows = None
         try:
             with self.connection.outage.survive():
                 rows = self.connection.claim(queues, limit, acks=acks, busy=busy,
-                                             waking=waking)
+                                             waking=waking, riders=riders.statements(records))
         finally:
-            if rows is None:
-                self._acks[:0] = acks  # not recorded: keep them for the next try, or the close
+            if rows is None:  # not recorded: keep them for the next try, or the close
+                self._acks[:0] = acks
+                self._records[:0] = records
         if rows is None:
             return 0
         self._claimed(len(rows) >= limit, busy, waking)
@@ -448,6 +459,16 @@ class Channel(virtual.Channel):
     def queue_unbind(self, queue: str, exchange: str | None = None, routing_key: str = "",
                      arguments: Any = None, **kwargs: Any) -> None:
         self.store.unbind(exchange or "amq.direct", routing_key or "", queue)
+
+
+def _riding(operation: Callable[..., None],
+            records: list[Record]) -> Callable[[Store, list[int], uuid.UUID], None]:
+    """``operation`` (:meth:`Store.ack` or :meth:`Store.release`), writing ``records`` in its
+    transaction."""
+    if not records:
+        return operation
+    return lambda store, tags, consumer: operation(store, tags, consumer,
+                                                  riders.statements(records))
 
 
 def expires_seconds(arguments: Any) -> float | None:

@@ -25,6 +25,7 @@ from psycopg.types.array import ListBinaryDumper
 from broker import context, lending
 from broker.messages import Claimed, encode, priority_of, visible_at
 from broker.queries import query
+from broker.riders import Statement
 from broker.session import Session
 
 
@@ -193,10 +194,12 @@ class Store:
 
     def claim(self, consumer: uuid.UUID, queues: Sequence[str], limit: int,
               now: datetime | None = None, acks: Sequence[int] = (),
-              busy: Sequence[str] = (), waking: Sequence[str] = ()) -> list[Claimed]:
+              busy: Sequence[str] = (), waking: Sequence[str] = (),
+              riders: Sequence[Statement] = ()) -> list[Claimed]:
         """Lease up to ``limit`` visible messages of ``queues`` to ``consumer``, the queues
         taking turns in the order given, each in priority (higher first) then publication
-        order; first delete the ``acks``. One round trip, bounded by the statement timeout.
+        order; first run the ``riders`` (see :mod:`broker.riders`) and delete the ``acks``.
+        One round trip, bounded by the statement timeout.
 
         If the claim fills ``limit``, ``consumer`` is busy on ``busy`` from then on (it comes
         back to them by itself: publishing there needs not wake it). ``waking``: queues it
@@ -214,6 +217,8 @@ class Store:
                                            {"queues": list(waking), "consumer": consumer})
                 conn.execute(query("begin"))
                 conn.execute(query("claim_settings"), {"timeout": self._claim_timeout})
+                for statement, values in riders:
+                    conn.execute(statement, values)
                 if acks:
                     conn.execute(query("ack"), {"ids": list(acks), "consumer": consumer})
                 claimed = conn.execute(query("claim"), params)
@@ -254,22 +259,42 @@ class Store:
         promoted, next_due_in, _ = self._one("promote", {"now": now, "limit": limit})
         return Promotion(int(promoted), next_due_in)
 
-    def ack(self, message_ids: Sequence[int], consumer: uuid.UUID) -> None:
-        """Delete the delivered messages that ``consumer`` still holds."""
-        self._execute("ack", {"ids": list(message_ids), "consumer": consumer})
+    def ack(self, message_ids: Sequence[int], consumer: uuid.UUID,
+            riders: Sequence[Statement] = ()) -> None:
+        """Delete the delivered messages that ``consumer`` still holds, in one transaction
+        with the ``riders``."""
+        with self._riding(riders):
+            self._execute("ack", {"ids": list(message_ids), "consumer": consumer})
 
     def retake(self, message_ids: Sequence[int], consumer: uuid.UUID) -> int:
         """Lease back to ``consumer`` those of ``message_ids`` that wait unheld; how many."""
         return self._execute("retake", {"ids": list(message_ids), "consumer": consumer}).rowcount
 
-    def release(self, message_ids: Sequence[int], consumer: uuid.UUID) -> None:
+    def release(self, message_ids: Sequence[int], consumer: uuid.UUID,
+                riders: Sequence[Statement] = ()) -> None:
         """Return the messages ``consumer`` still holds among ``message_ids`` to their queues
-        at once."""
-        self._execute("release", {"ids": list(message_ids), "consumer": consumer})
+        at once, in one transaction with the ``riders``."""
+        with self._riding(riders):
+            self._execute("release", {"ids": list(message_ids), "consumer": consumer})
 
-    def dead_letter(self, message_id: int, reason: str, consumer: uuid.UUID) -> None:
-        """Move a message ``consumer`` holds to the dead-letter table, with ``reason``."""
-        self._execute("dead_letter", {"id": message_id, "reason": reason, "consumer": consumer})
+    def dead_letter(self, message_id: int, reason: str, consumer: uuid.UUID,
+                    riders: Sequence[Statement] = ()) -> None:
+        """Move a message ``consumer`` holds to the dead-letter table, with ``reason``, in
+        one transaction with the ``riders``."""
+        with self._riding(riders):
+            self._execute("dead_letter", {"id": message_id, "reason": reason,
+                                          "consumer": consumer})
+
+    @contextmanager
+    def _riding(self, riders: Sequence[Statement]) -> Iterator[None]:
+        """Run the ``riders``, then the block, in one transaction (none without riders)."""
+        if not riders:
+            yield
+            return
+        with self.transaction(), self._connection() as conn:
+            for statement, values in riders:
+                conn.execute(statement, values)
+            yield
 
     # -- publishing -------------------------------------------------------------------------
 

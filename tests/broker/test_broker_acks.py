@@ -25,9 +25,9 @@ def acks_alone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sent: list[int] = []
     original = Store.ack
 
-    def counted(store: Store, message_ids: Any, consumer: Any) -> None:
+    def counted(store: Store, message_ids: Any, consumer: Any, riders: Any = ()) -> None:
         sent.append(len(message_ids))
-        original(store, message_ids, consumer)
+        original(store, message_ids, consumer, riders)
 
     monkeypatch.setattr(Store, "ack", counted)
     return sent
