@@ -5,6 +5,10 @@ Selecting it in Celery::
     result_backend = "broker.results:PostgresBackend+postgresql://user:pass@host:5432/db"
     result_backend_transport_options = {"poll_interval": 2.0}   # optional
 
+In a worker whose broker is pgjobs' transport on the same database, a pool child hands the
+ready result of a late-acknowledged task to the worker's main process, which stores it in the
+transaction that acknowledges the task's message (:mod:`broker.results.handoff`).
+
 The part after ``+`` is handed to libpq as is. Results live in Celery's own
 ``celery_taskmeta`` and ``celery_tasksetmeta`` tables (same columns as Celery's database
 backend, so what reads those keeps working); chords are counted in ``pgjobs_chord`` and
@@ -45,7 +49,7 @@ from celery.utils.time import maybe_timedelta
 from kombu.utils.encoding import ensure_bytes
 
 from broker.options import flag
-from broker.results import chords
+from broker.results import chords, handoff
 from broker.results.colocation import broker_shares_database
 from broker.results.connection import Database, run, shared
 from broker.results.privacy import stores_arguments
@@ -152,8 +156,11 @@ class PostgresBackend(AsyncBackendMixin, Backend):
     def _store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
                       request: Any = None, **kwargs: Any) -> Any:
         params = self._row(task_id, result, state, traceback, request)
-        if not chords.is_part(request) or state not in states.READY_STATES:
-            self.database.execute("store_result", params)
+        ready = state in states.READY_STATES
+        if not ready or not chords.is_part(request):
+            # A pool child's result rides with its message's acknowledgement, when it can.
+            if not (ready and self._acked_after_run(request) and handoff.hand(params, request)):
+                self.database.execute("store_result", params)
             return result
         # A chord part: its result and its count in one transaction, and, when it completes
         # the chord, the callback too.
@@ -204,8 +211,15 @@ class PostgresBackend(AsyncBackendMixin, Backend):
             return None
         if state not in states.READY_STATES:
             return "off"  # an intermediate state (STARTED, RETRY) may be lost in a crash
+        return "off" if self._acked_after_run(request) else None
+
+    def _acked_after_run(self, request: Any) -> bool:
+        """Whether pgjobs' transport on this database acknowledges the message of
+        ``request``'s task after the task ran."""
+        if request is None or not self.broker_shares_database:
+            return False
         task = self.app.tasks.get(getattr(request, "task", None) or "")
-        return "off" if task is not None and task.acks_late else None
+        return task is not None and bool(task.acks_late)
 
     def _bytes(self, value: Any) -> bytes | None:
         return None if value is None else ensure_bytes(self.encode(value))
@@ -234,6 +248,11 @@ class PostgresBackend(AsyncBackendMixin, Backend):
         return None if payload is None else self.decode(bytes(payload))
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        # In a worker's main process that lost a pool child, Celery asks whether the task
+        # succeeded before: a result the child handed over answers, though not stored yet.
+        held = handoff.held_row(task_id)
+        if held is not None:
+            return self._meta(held)
         found = self.metas([task_id])
         if found:
             return found[0]

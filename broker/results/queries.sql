@@ -118,3 +118,31 @@ ORDER BY group_index NULLS LAST, arrival
 
 -- name: chord_drop_parts
 DELETE FROM pgjobs_chord_part WHERE group_id = %(group_id)s
+
+-- name: store_results
+-- The results pool children handed to the worker's main process (broker.results.handoff),
+-- stored in the transaction that acknowledges their messages. As store_result: a row already
+-- SUCCESS stays, and the stored rows wake the waiters on commit when some process waits.
+-- At most one row per task id (ON CONFLICT may not touch a row twice).
+WITH stored AS (
+    INSERT INTO celery_taskmeta AS t
+        (task_id, status, result, date_done, traceback, children, name, args, kwargs,
+         worker, retries, queue)
+    SELECT r.task_id, r.status, convert_to(r.result, 'UTF8'), r.date_done, r.traceback,
+           convert_to(r.children, 'UTF8'), r.name, convert_to(r.args, 'UTF8'),
+           convert_to(r.kwargs, 'UTF8'), r.worker, r.retries, r.queue
+    FROM json_to_recordset(%(rows)s::json) AS r
+        (task_id text, status text, result text, date_done timestamp, traceback text,
+         children text, name text, args text, kwargs text, worker text, retries integer,
+         queue text)
+    ON CONFLICT (task_id) DO UPDATE SET
+        status = EXCLUDED.status, result = EXCLUDED.result, date_done = EXCLUDED.date_done,
+        traceback = EXCLUDED.traceback, children = EXCLUDED.children, name = EXCLUDED.name,
+        args = EXCLUDED.args, kwargs = EXCLUDED.kwargs, worker = EXCLUDED.worker,
+        retries = EXCLUDED.retries, queue = EXCLUDED.queue
+    WHERE t.status IS DISTINCT FROM 'SUCCESS'
+    RETURNING task_id
+)
+SELECT count(pg_notify('pgjobs_results', stored.task_id)::text)
+FROM stored
+WHERE NOT pg_try_advisory_xact_lock(1885825647, 2002872692)

@@ -8,6 +8,7 @@ Environment it reads (set by the test that starts the worker):
 - ``DATABASE_URL``: the test's database (broker, results, runs table).
 - ``RESULTS_TEST_QUEUE``: the queue tasks go to.
 - ``RESULTS_TEST_POLL_INTERVAL``: the backend's safety-net poll, in seconds (default 30).
+- ``RESULTS_TEST_TRACK_STARTED``: ``0`` turns ``task_track_started`` off (default on).
 - ``RESULTS_TEST_BACKEND``: ``pgjobs`` (default, ``broker.results``), ``db`` (Celery's
   database backend, polling) or ``redis`` (``RESULTS_TEST_REDIS_URL``); the last two only
   exist to check the tests themselves.
@@ -61,7 +62,7 @@ def build_app(database_url: str, queue: str = "celery", poll_interval: float = 3
         broker_transport_options={"visibility_timeout": 3.0, "polling_interval": 0.5},
         broker_connection_retry_on_startup=True,
         result_extended=True,
-        task_track_started=True,
+        task_track_started=os.environ.get("RESULTS_TEST_TRACK_STARTED", "1") != "0",
         accept_content=["json"],
         result_accept_content=["json"],
         task_serializer="json",
@@ -146,6 +147,21 @@ def _die_after_commit(sender: Any = None, args: Any = None, **_: Any) -> None:
             return
         conn.execute(INSERT_RUN, ("died", args[0], None))
     os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+@signals.task_postrun.connect
+def _child_dies_after_result(sender: Any = None, args: Any = None, **_: Any) -> None:
+    """A part sent with the value ``child-dies-after-result`` kills its pool process alone
+    (SIGKILL) once, after its result was handed over or stored."""
+    if getattr(sender, "name", None) != "rt.part" or not args or (
+            args[1] != "child-dies-after-result"):
+        return
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        if conn.execute("SELECT count(*) FROM results_test_runs WHERE task = 'died' AND "
+                        "key = %s", (args[0],)).fetchone()[0]:
+            return
+        conn.execute(INSERT_RUN, ("died", args[0], None))
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _register(app: Celery) -> None:
