@@ -31,6 +31,7 @@ import fcntl
 import json
 import os
 import select
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,8 @@ PIPE_BUF = select.PIPE_BUF
 PIPE_SIZE = 1 << 20
 
 _BUILDERS: dict[str, Builder] = {}
+# The loop thread takes records while another thread may look at what is held.
+_LOCK = threading.Lock()
 
 
 @dataclass
@@ -105,7 +108,11 @@ def hand(delivery_tag: int, kind: str, record: dict[str, Any]) -> bool:
     pipe = _pipe
     if pipe is None or pipe.parent != os.getppid() or kind not in _inherited:
         return False
-    line = json.dumps([delivery_tag, kind, record], separators=(",", ":")).encode() + b"\n"
+    try:
+        line = json.dumps([delivery_tag, kind, record], ensure_ascii=False,
+                          separators=(",", ":")).encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate: PostgreSQL would refuse it
+        return False
     if len(line) > PIPE_BUF:
         return False
     try:
@@ -120,10 +127,11 @@ def take(delivery_tags: Iterable[int]) -> list[Record]:
     pipe = _pipe
     if pipe is None or pipe.parent != os.getpid():
         return []
-    _read(pipe)
-    if not pipe.held:
-        return []
-    return [record for tag in delivery_tags for record in pipe.held.pop(tag, ())]
+    with _LOCK:
+        _read(pipe)
+        if not pipe.held:
+            return []
+        return [record for tag in delivery_tags for record in pipe.held.pop(tag, ())]
 
 
 def held() -> list[Record]:
@@ -131,8 +139,9 @@ def held() -> list[Record]:
     pipe = _pipe
     if pipe is None or pipe.parent != os.getpid():
         return []
-    _read(pipe)
-    return [record for records in pipe.held.values() for record in records]
+    with _LOCK:
+        _read(pipe)
+        return [record for records in pipe.held.values() for record in records]
 
 
 def statements(records: Iterable[Record]) -> list[Statement]:
@@ -163,7 +172,8 @@ def _on_worker_init(**_: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _inherited
+    global _LOCK, _inherited
+    _LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
     _inherited = frozenset(_BUILDERS)
 
 

@@ -45,10 +45,11 @@ def hand(row: dict[str, Any], request: Any) -> bool:
 
 
 def held_row(task_id: str) -> dict[str, Any] | None:
-    """The row of ``task_id``'s result that a pool child handed to this process and that is
-    not stored yet (its message is not acknowledged yet), as :func:`hand` was given it."""
+    """The row of ``task_id``'s success that a pool child handed to this process and that is
+    not stored yet (its message is not acknowledged yet), as :func:`hand` was given it. Only
+    a success: any other outcome held may be older than what the table has."""
     for kind, record in riders.held():
-        if kind == KIND and record["task_id"] == task_id:
+        if kind == KIND and record["task_id"] == task_id and record["status"] == states.SUCCESS:
             row = {column: record[column] for column in COLUMNS}
             for column in _BYTES:
                 if row[column] is not None:
@@ -82,11 +83,20 @@ def _record(row: dict[str, Any]) -> dict[str, Any] | None:
                 return None
         elif isinstance(value, datetime):
             value = value.isoformat()
-        if isinstance(value, str) and ("\x00" in value
-                                       or len(value) > _LENGTHS.get(column, len(value))):
+        if isinstance(value, str) and not _storable(column, value):
             return None
         record[column] = value
     return record
+
+
+def _storable(column: str, value: str) -> bool:
+    """Whether PostgreSQL takes ``value`` in ``column``: UTF-8 text (a lone surrogate, as in a
+    traceback naming an undecodable file, is not), no NUL, within the column's length."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value and len(value) <= _LENGTHS.get(column, len(value))
 
 
 riders.register(KIND, statement)

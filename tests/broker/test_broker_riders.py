@@ -158,3 +158,30 @@ def test_the_results_of_a_task_that_ran_twice_keep_its_first_success(db_url: str
         stored = conn.execute("SELECT task_id, status FROM celery_taskmeta "
                               "ORDER BY task_id").fetchall()
     assert stored == [("t", "SUCCESS"), ("u", "FAILURE")]
+
+
+class _Request:
+    properties = {"delivery_tag": 5}
+
+
+def _row(**changes: object) -> dict:
+    row = {"task_id": "t", "status": "SUCCESS", "result": b"42", "date_done": None,
+           "traceback": None, "children": None, "name": "t.add", "args": None,
+           "kwargs": None, "worker": "w@h", "retries": 0, "queue": "q"}
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize("changes", [
+    {"traceback": "File '/srv/caf\udce9.py'"},  # a lone surrogate: not UTF-8
+    {"traceback": "a\x00b"},
+    {"name": "n" * 156},
+    {"result": b"\xff\xfe"},  # a binary serializer's payload
+], ids=["surrogate", "nul", "long-name", "binary"])
+def test_a_result_the_table_would_refuse_is_not_handed_over(pipe, changes) -> None:
+    # It would fail the acknowledgement's transaction: the child stores it itself
+    def work() -> int:
+        refused = handoff.hand(_row(**changes), _Request()) is False
+        return 0 if refused and handoff.hand(_row(), _Request()) else 1
+
+    assert in_child(work) == 0
+    assert [fields["task_id"] for _, fields in riders.take([5])] == ["t"]
