@@ -150,7 +150,7 @@ class Channel(virtual.Channel):
             self._acks.extend(tags)
             self._records.extend(records)
         else:
-            self._settle(_riding(Store.ack, records), tags)
+            self._settle(_carrying(Store.ack, records), tags)
         if self.pending and self.connection is not None:
             self.connection.wake()  # the window had filled up: claim again now
 
@@ -158,14 +158,14 @@ class Channel(virtual.Channel):
         """Requeue at once, or move to the dead-letter table."""
         records = riders.take([tag])
         if requeue:
-            self._settle(_riding(Store.release, records), [tag])
+            self._settle(_carrying(Store.release, records), [tag])
         else:
             self._settle(lambda store, tags, consumer: store.dead_letter(
                 tags[0], REJECTED, consumer, riders.statements(records)), [tag])
 
     def release(self, tags: list[int]) -> None:
         """Put back the messages among ``tags`` that this channel's consumer still holds."""
-        self._settle(_riding(Store.release, riders.take(tags)), tags)
+        self._settle(_carrying(Store.release, riders.take(tags)), tags)
 
     def _settle(self, operation: Callable[[Store, list[int], uuid.UUID], None],
                 tags: list[int]) -> None:
@@ -461,7 +461,7 @@ class Channel(virtual.Channel):
         self.store.unbind(exchange or "amq.direct", routing_key or "", queue)
 
 
-def _riding(operation: Callable[..., None],
+def _carrying(operation: Callable[..., None],
             records: list[Record]) -> Callable[[Store, list[int], uuid.UUID], None]:
     """``operation`` (:meth:`Store.ack` or :meth:`Store.release`), writing ``records`` in its
     transaction."""
