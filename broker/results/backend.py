@@ -134,8 +134,15 @@ class PostgresBackend(AsyncBackendMixin, Backend):
 
     @cached_property
     def broker_shares_database(self) -> bool:
-        """Whether the broker is pgjobs' transport on this database (see ``colocation``)."""
+        """Whether the broker publishes through pgjobs' transport on this database (see
+        ``colocation``)."""
         return broker_shares_database(self.app, self.conninfo)
+
+    @cached_property
+    def acks_share_database(self) -> bool:
+        """Whether workers acknowledge their messages through pgjobs' transport on this
+        database (see ``colocation``)."""
+        return broker_shares_database(self.app, self.conninfo, consuming=True)
 
     def as_uri(self, include_password: bool = False) -> str:
         return self.url if include_password else redact(self.url)
@@ -207,7 +214,7 @@ class PostgresBackend(AsyncBackendMixin, Backend):
     def _synchronous_commit(self, request: Any, state: str) -> str | None:
         """``off`` when the message's acknowledgement, committed synchronously on this server
         after this result, flushes it anyway; None: the server's setting."""
-        if not self.broker_shares_database or request is None:
+        if not self.acks_share_database or request is None:
             return None
         if state not in states.READY_STATES:
             return "off"  # an intermediate state (STARTED, RETRY) may be lost in a crash
@@ -216,7 +223,7 @@ class PostgresBackend(AsyncBackendMixin, Backend):
     def _acked_after_run(self, request: Any) -> bool:
         """Whether pgjobs' transport on this database acknowledges the message of
         ``request``'s task after the task ran."""
-        if request is None or not self.broker_shares_database:
+        if request is None or not self.acks_share_database:
             return False
         task = self.app.tasks.get(getattr(request, "task", None) or "")
         return task is not None and bool(task.acks_late)

@@ -234,3 +234,22 @@ def test_results_skip_the_wal_flush_wait_only_when_a_later_ack_on_this_server_fl
     assert commit_mode(other_database, acks_late=True) is None
     # an intermediate state needs no durability of its own
     assert commit_mode(db_url, acks_late=False, state="STARTED") == "off"
+
+
+def test_results_ride_with_acks_where_workers_consume_not_where_they_publish(db_url):
+    # Celery's workers consume and acknowledge through broker_read_url, publish through
+    # broker_write_url
+    def shares(**urls: str) -> tuple[bool, bool]:
+        app = _app(db_url, broker_transport="broker.transport:Transport", task_acks_late=True,
+                   **urls)
+        app.task(name="ordinary", shared=False)(_send_code)
+        backend = app.backend
+        return (backend._acked_after_run(_Request("ordinary", [], {})),
+                backend.broker_shares_database)
+
+    elsewhere = db_url.rsplit("/", 1)[0] + "/elsewhere"
+    assert shares(broker_url=db_url) == (True, True)
+    # acks go elsewhere: a result handed to the main process would never be taken
+    assert shares(broker_url=db_url, broker_read_url=elsewhere) == (False, True)
+    # only publishing goes elsewhere: a chord's callback is not published with its count
+    assert shares(broker_url=db_url, broker_write_url=elsewhere) == (True, False)
