@@ -116,8 +116,7 @@ class Channel(virtual.Channel):
         self._acks, acks = [], self._acks
         self._records, records = [], self._records
         if acks and consumer is not None:
-            consumer.settle(lambda store: store.ack(acks, consumer.id,
-                                                    riders.statements(records)))
+            consumer.settle(lambda store: store.ack(acks, consumer.id, records))
         self.do_restore = False
         super().close()
 
@@ -161,7 +160,7 @@ class Channel(virtual.Channel):
             self._settle(_carrying(Store.release, records), [tag])
         else:
             self._settle(lambda store, tags, consumer: store.dead_letter(
-                tags[0], REJECTED, consumer, riders.statements(records)), [tag])
+                tags[0], REJECTED, consumer, records), [tag])
 
     def release(self, tags: list[int]) -> None:
         """Put back the messages among ``tags`` that this channel's consumer still holds."""
@@ -214,7 +213,7 @@ class Channel(virtual.Channel):
         due = self.acks_due_at()
         if due is None or (hold and self.pending and monotonic() < due):
             return
-        self.store.ack(self._acks, self._consumer_id(), riders.statements(self._records))
+        self.store.ack(self._acks, self._consumer_id(), self._records)
         self._acks, self._records = [], []
 
     def acks_due_at(self) -> float | None:
@@ -263,7 +262,7 @@ class Channel(virtual.Channel):
         try:
             with self.connection.outage.survive():
                 rows = self.connection.claim(queues, limit, acks=acks, busy=busy,
-                                             waking=waking, riders=riders.statements(records))
+                                             waking=waking, records=records)
         finally:
             if rows is None:  # not recorded: keep them for the next try, or the close
                 self._acks[:0] = acks
@@ -467,8 +466,7 @@ def _carrying(operation: Callable[..., None],
     transaction."""
     if not records:
         return operation
-    return lambda store, tags, consumer: operation(store, tags, consumer,
-                                                  riders.statements(records))
+    return lambda store, tags, consumer: operation(store, tags, consumer, records)
 
 
 def expires_seconds(arguments: Any) -> float | None:

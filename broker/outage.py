@@ -17,14 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from time import monotonic
 
-import psycopg
-
-from broker.store import first_line
+from broker.store import CONNECTION_ERRORS, first_line
 
 logger = logging.getLogger(__name__)
-
-ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
-"""What a lost or broken connection raises."""
 
 MAX_BACKOFF = 5.0
 
@@ -47,7 +42,7 @@ class Outage:
         backoff."""
         try:
             yield
-        except ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             self._lost(exc)
         else:
             self._over()

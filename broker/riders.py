@@ -38,8 +38,11 @@ from typing import Any
 
 #: A statement and its parameters, run in the transaction of an acknowledgement.
 Statement = tuple[str, dict[str, Any]]
-#: Turns the records of one kind, handed over for some messages, into one statement.
+#: Turns the records of one kind, handed over for some messages, into one statement. Running
+#: it again for records already written must do no harm: after an outage it may be.
 Builder = Callable[[list[dict[str, Any]]], Statement]
+#: Names a record's subject in a log line ("the result of task ...").
+Describer = Callable[[dict[str, Any]], str]
 #: A record as the main process holds it: its kind and its fields.
 Record = tuple[str, dict[str, Any]]
 
@@ -49,6 +52,7 @@ PIPE_BUF = select.PIPE_BUF
 PIPE_SIZE = 1 << 20
 
 _BUILDERS: dict[str, Builder] = {}
+_DESCRIBERS: dict[str, Describer] = {}
 # The loop thread takes records while another thread may look at what is held.
 _LOCK = threading.Lock()
 
@@ -66,11 +70,17 @@ _pipe: _Pipe | None = None
 # The kinds of record the parent had builders for when it forked this process: a kind
 # registered in a child alone would reach a parent that cannot write it.
 _inherited: frozenset[str] = frozenset()
+# The process that forked this one: a grandchild re-parented to a main process that runs as
+# PID 1 (in a container) must not pass for a pool child.
+_forked_by: int | None = None
 
 
-def register(kind: str, builder: Builder) -> None:
-    """Records of ``kind`` are written by the statement ``builder`` makes of them."""
+def register(kind: str, builder: Builder, describe: Describer | None = None) -> None:
+    """Records of ``kind`` are written by the statement ``builder`` makes of them;
+    ``describe`` names one in the log line saying it could not be written."""
     _BUILDERS[kind] = builder
+    if describe is not None:
+        _DESCRIBERS[kind] = describe
 
 
 def open_pipe() -> None:
@@ -78,10 +88,12 @@ def open_pipe() -> None:
     global _pipe
     if _pipe is not None and _pipe.parent == os.getpid():
         return
-    read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    read, write = os.pipe()  # not inherited by programs a child executes
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
     try:
         fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
+    except (AttributeError, OSError):  # Linux only
         pass
     _pipe = _Pipe(os.getpid(), read, write)
 
@@ -98,16 +110,17 @@ def close_pipe() -> None:
 def in_pool_child() -> bool:
     """Whether this process may hand records to its parent."""
     pipe = _pipe
-    return pipe is not None and pipe.parent == os.getppid()
+    return pipe is not None and pipe.parent == _forked_by == os.getppid()
 
 
 def hand(delivery_tag: int, kind: str, record: dict[str, Any]) -> bool:
     """Hand ``record`` to the parent, to be written with the acknowledgement of the message
     ``delivery_tag``. False: not handed over (not a pool child, too long, the pipe is full);
     the caller writes it itself."""
-    pipe = _pipe
-    if pipe is None or pipe.parent != os.getppid() or kind not in _inherited:
+    if not in_pool_child() or kind not in _inherited:
         return False
+    pipe = _pipe
+    assert pipe is not None
     try:
         line = json.dumps([delivery_tag, kind, record], ensure_ascii=False,
                           separators=(",", ":")).encode() + b"\n"
@@ -152,6 +165,13 @@ def statements(records: Iterable[Record]) -> list[Statement]:
     return [_BUILDERS[kind](batch) for kind, batch in batches.items()]
 
 
+def describe(record: Record) -> str:
+    """``record``'s subject, for a log line."""
+    kind, fields = record
+    describer = _DESCRIBERS.get(kind)
+    return describer(fields) if describer is not None else f"a record of kind {kind!r}"
+
+
 def _read(pipe: _Pipe) -> None:
     """File every complete line waiting in the pipe under its delivery tag."""
     while True:
@@ -172,9 +192,10 @@ def _on_worker_init(**_: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _LOCK, _inherited
+    global _LOCK, _inherited, _forked_by
     _LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
     _inherited = frozenset(_BUILDERS)
+    _forked_by = os.getppid()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

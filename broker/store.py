@@ -10,23 +10,31 @@ and then opens none of its own.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.types.array import ListBinaryDumper
 
-from broker import context, lending
+from broker import context, lending, riders
 from broker.messages import Claimed, encode, priority_of, visible_at
 from broker.queries import query
-from broker.riders import Statement
+from broker.riders import Record, Statement
 from broker.session import Session
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+"""What a lost or broken connection raises."""
+
+_T = TypeVar("_T")
 
 
 class SchemaMissing(Exception):
@@ -195,11 +203,11 @@ class Store:
     def claim(self, consumer: uuid.UUID, queues: Sequence[str], limit: int,
               now: datetime | None = None, acks: Sequence[int] = (),
               busy: Sequence[str] = (), waking: Sequence[str] = (),
-              riders: Sequence[Statement] = ()) -> list[Claimed]:
+              records: Sequence[Record] = ()) -> list[Claimed]:
         """Lease up to ``limit`` visible messages of ``queues`` to ``consumer``, the queues
         taking turns in the order given, each in priority (higher first) then publication
-        order; first run the ``riders`` (see :mod:`broker.riders`) and delete the ``acks``.
-        One round trip, bounded by the statement timeout.
+        order; first delete the ``acks``, and write the ``records`` in the same transaction
+        (see :meth:`_carrying`). One round trip, bounded by the statement timeout.
 
         If the claim fills ``limit``, ``consumer`` is busy on ``busy`` from then on (it comes
         back to them by itself: publishing there needs not wake it). ``waking``: queues it
@@ -207,6 +215,12 @@ class Store:
         own that commits before the claim looks (see ``consumer_waits``)."""
         params = {"consumer": consumer, "queues": list(queues), "limit": limit, "now": now,
                   "busy": list(busy)}
+        return self._carrying(records, lambda statements: self._claim(
+            params, acks, waking, statements))
+
+    def _claim(self, params: dict[str, Any], acks: Sequence[int], waking: Sequence[str],
+               statements: Sequence[Statement]) -> list[Claimed]:
+        consumer = params["consumer"]
         conn = self.connect()
         try:
             # BEGIN and COMMIT as statements, not conn.transaction(): the whole transaction
@@ -217,11 +231,12 @@ class Store:
                                            {"queues": list(waking), "consumer": consumer})
                 conn.execute(query("begin"))
                 conn.execute(query("claim_settings"), {"timeout": self._claim_timeout})
-                for statement, values in riders:
-                    conn.execute(statement, values)
                 if acks:
                     conn.execute(query("ack"), {"ids": list(acks), "consumer": consumer})
                 claimed = conn.execute(query("claim"), params)
+                # Last, so that what they lock is held the shortest time.
+                for statement, values in statements:
+                    conn.execute(statement, values)
                 conn.execute(query("commit"))
         except psycopg.Error:
             self._abandon_transaction(conn)
@@ -260,41 +275,68 @@ class Store:
         return Promotion(int(promoted), next_due_in)
 
     def ack(self, message_ids: Sequence[int], consumer: uuid.UUID,
-            riders: Sequence[Statement] = ()) -> None:
+            records: Sequence[Record] = ()) -> None:
         """Delete the delivered messages that ``consumer`` still holds, in one transaction
-        with the ``riders``."""
-        with self._riding(riders):
-            self._execute("ack", {"ids": list(message_ids), "consumer": consumer})
+        with the ``records``."""
+        self._settle("ack", {"ids": list(message_ids), "consumer": consumer}, records)
 
     def retake(self, message_ids: Sequence[int], consumer: uuid.UUID) -> int:
         """Lease back to ``consumer`` those of ``message_ids`` that wait unheld; how many."""
         return self._execute("retake", {"ids": list(message_ids), "consumer": consumer}).rowcount
 
     def release(self, message_ids: Sequence[int], consumer: uuid.UUID,
-                riders: Sequence[Statement] = ()) -> None:
+                records: Sequence[Record] = ()) -> None:
         """Return the messages ``consumer`` still holds among ``message_ids`` to their queues
-        at once, in one transaction with the ``riders``."""
-        with self._riding(riders):
-            self._execute("release", {"ids": list(message_ids), "consumer": consumer})
+        at once, in one transaction with the ``records``."""
+        self._settle("release", {"ids": list(message_ids), "consumer": consumer}, records)
 
     def dead_letter(self, message_id: int, reason: str, consumer: uuid.UUID,
-                    riders: Sequence[Statement] = ()) -> None:
+                    records: Sequence[Record] = ()) -> None:
         """Move a message ``consumer`` holds to the dead-letter table, with ``reason``, in
-        one transaction with the ``riders``."""
-        with self._riding(riders):
-            self._execute("dead_letter", {"id": message_id, "reason": reason,
-                                          "consumer": consumer})
+        one transaction with the ``records``."""
+        self._settle("dead_letter", {"id": message_id, "reason": reason,
+                                     "consumer": consumer}, records)
 
-    @contextmanager
-    def _riding(self, riders: Sequence[Statement]) -> Iterator[None]:
-        """Run the ``riders``, then the block, in one transaction (none without riders)."""
-        if not riders:
-            yield
-            return
-        with self.transaction(), self._connection() as conn:
-            for statement, values in riders:
+    def _settle(self, name: str, params: dict[str, Any], records: Sequence[Record]) -> None:
+        def run(statements: Sequence[Statement]) -> None:
+            if not statements:
+                self._execute(name, params)
+                return
+            with self.transaction(), self._connection() as conn:
+                conn.execute(query(name), params)
+                for statement, values in statements:
+                    conn.execute(statement, values)
+
+        self._carrying(records, run)
+
+    def _carrying(self, records: Sequence[Record],
+                  run: Callable[[Sequence[Statement]], _T]) -> _T:
+        """``run`` a transaction with the statements writing ``records`` (see
+        :mod:`broker.riders`) in it. Should it fail for any reason but the connection, a
+        record may be to blame, and must not hold back the messages it rides with: each
+        record is written alone (one that fails again is logged and dropped), then ``run``
+        goes again without them."""
+        if not records:
+            return run(())
+        try:
+            return run(riders.statements(records))
+        except psycopg.Error as exc:
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise
+        for record in records:
+            self._write_alone(record)
+        return run(())
+
+    def _write_alone(self, record: Record) -> None:
+        [(statement, values)] = riders.statements([record])
+        try:
+            with self._connection() as conn, lending.committed(conn):
                 conn.execute(statement, values)
-            yield
+        except psycopg.Error as exc:
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise
+            logger.error("pgjobs broker: could not write %s (%s); it is dropped",
+                         riders.describe(record), first_line(exc))
 
     # -- publishing -------------------------------------------------------------------------
 

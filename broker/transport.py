@@ -124,7 +124,7 @@ from broker.listener import Listener
 from broker.loop import LoopBinding
 from broker.messages import Claimed, wake_channel
 from broker.outage import Outage
-from broker.riders import Statement
+from broker.riders import Record
 from broker.schedule import Schedule
 from broker.store import Promotion, SchemaMissing, Store, fault_budget, first_line
 from broker.urls import redact
@@ -320,15 +320,15 @@ class Transport(virtual.Transport):
 
     def claim(self, queues: Sequence[str], limit: int, now: datetime | None = None,
               acks: Sequence[int] = (), busy: Sequence[str] = (),
-              waking: Sequence[str] = (), riders: Sequence[Statement] = ()) -> list[Claimed]:
+              waking: Sequence[str] = (), records: Sequence[Record] = ()) -> list[Claimed]:
         """Delete ``acks``, then lease up to ``limit`` messages of ``queues`` to this
         consumer (see :meth:`broker.store.Store.claim` for ``busy``, ``waking`` and
-        ``riders``)."""
+        ``records``)."""
         consumer = self._register()
         self.check_lease()
         try:
             rows = self.store.claim(consumer.id, queues, limit, now, acks, busy, waking,
-                                    riders)
+                                    records)
         except psycopg.errors.ForeignKeyViolation:
             # Our consumer row was rescued away: its leases and subscriptions are gone.
             consumer.heartbeat.lapsed = True

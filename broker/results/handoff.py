@@ -68,7 +68,13 @@ def statement(records: list[dict[str, Any]]) -> Statement:
         before = kept.get(record["task_id"])
         if before is None or before["status"] != states.SUCCESS:
             kept[record["task_id"]] = record
-    return query("store_results"), {"rows": Json(list(kept.values()))}
+    # In task id order, as any two batches that share tasks lock their rows.
+    return query("store_results"), {"rows": Json([kept[key] for key in sorted(kept)])}
+
+
+def describe(record: dict[str, Any]) -> str:
+    """The subject of ``record``, for a log line."""
+    return f"the {record['status']} result of task {record['task_id']}"
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any] | None:
@@ -99,4 +105,4 @@ def _storable(column: str, value: str) -> bool:
     return "\x00" not in value and len(value) <= _LENGTHS.get(column, len(value))
 
 
-riders.register(KIND, statement)
+riders.register(KIND, statement, describe)

@@ -123,6 +123,9 @@ DELETE FROM pgjobs_chord_part WHERE group_id = %(group_id)s
 -- The results pool children handed to the worker's main process (broker.results.handoff),
 -- stored in the transaction that acknowledges their messages. As store_result: a row already
 -- SUCCESS stays, and the stored rows wake the waiters on commit when some process waits.
+-- These rows reach the table later than the child made them, so one that is older than the
+-- row there (a WorkerLostError or a revoke, stored by the main process meanwhile) does not
+-- replace it, unless it is a success, which would have been there first.
 -- At most one row per task id (ON CONFLICT may not touch a row twice).
 WITH stored AS (
     INSERT INTO celery_taskmeta AS t
@@ -141,6 +144,8 @@ WITH stored AS (
         args = EXCLUDED.args, kwargs = EXCLUDED.kwargs, worker = EXCLUDED.worker,
         retries = EXCLUDED.retries, queue = EXCLUDED.queue
     WHERE t.status IS DISTINCT FROM 'SUCCESS'
+      AND (EXCLUDED.status = 'SUCCESS' OR t.date_done IS NULL
+           OR EXCLUDED.date_done >= t.date_done)
     RETURNING task_id
 )
 SELECT count(pg_notify('pgjobs_results', stored.task_id)::text)

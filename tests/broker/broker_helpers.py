@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 from kombu import Connection, Consumer, Queue
+from kombu.asynchronous import Hub
 from kombu.message import Message
 
 PG_TRANSPORT = "broker.transport:Transport"
@@ -66,3 +67,20 @@ def kill_heartbeat(conn: Connection, db_url: str) -> None:
     transport.consumer.heartbeat.stop()
     sql(db_url, "UPDATE pgjobs_broker_consumer SET expires_at = now() - interval '1 second' "
                 "WHERE id = %(id)s", {"id": transport.consumer_id})
+
+
+def turn_until(hub: Hub, done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Turn ``hub``'s loop until ``done()``, failing after ``timeout`` seconds."""
+    loop = hub.create_loop()
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        next(loop)
+
+
+def backlog(connect: Connect, name: str, count: int) -> Queue:
+    """Queue ``name`` holding ``count`` messages ``{"n": 0}`` and up."""
+    queue, producer = Queue(name), connect()
+    for n in range(count):
+        publish(producer, queue, {"n": n})
+    return queue

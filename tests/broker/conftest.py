@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 from broker_helpers import FAST_OPTIONS, PG_TRANSPORT, Connect
 from kombu import Connection
+from kombu.asynchronous import Hub
+
+from broker.store import Store
 
 
 @pytest.fixture
@@ -37,3 +40,33 @@ def connect(db_url: str, connections: list[Connection]) -> Connect:
         return conn
 
     return make
+
+
+@pytest.fixture
+def looped(connect: Connect) -> Iterator[Callable[..., tuple[Connection, Hub]]]:
+    """A consumer connection registered with kombu's event loop, as a worker's is."""
+    hubs: list[Hub] = []
+
+    def make(**options: Any) -> tuple[Connection, Hub]:
+        conn, hub = connect(polling_interval=30, **options), Hub()
+        hubs.append(hub)
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        return conn, hub
+
+    yield make
+    for hub in hubs:
+        hub.close()
+
+
+@pytest.fixture
+def acks_alone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many messages each ack sent on its own (not inside a claim) recorded."""
+    sent: list[int] = []
+    original = Store.ack
+
+    def counted(store: Store, message_ids: Any, consumer: Any, records: Any = ()) -> None:
+        sent.append(len(message_ids))
+        original(store, message_ids, consumer, records)
+
+    monkeypatch.setattr(Store, "ack", counted)
+    return sent

@@ -4,65 +4,14 @@ and acks with no claim coming go on their own within ``ACK_HOLD``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
-import pytest
-from broker_helpers import Connect, publish, sql
-from kombu import Connection, Consumer, Queue
-from kombu.asynchronous import Hub
+from broker_helpers import Connect, backlog, sql, turn_until
+from kombu import Consumer
 from kombu.message import Message
 
 from broker import channel as channel_module
-from broker.store import Store
 
 QUEUED = "SELECT count(*) FROM pgjobs_broker_message"
-
-
-@pytest.fixture
-def acks_alone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many messages each ack sent on its own (not inside a claim) recorded."""
-    sent: list[int] = []
-    original = Store.ack
-
-    def counted(store: Store, message_ids: Any, consumer: Any, riders: Any = ()) -> None:
-        sent.append(len(message_ids))
-        original(store, message_ids, consumer, riders)
-
-    monkeypatch.setattr(Store, "ack", counted)
-    return sent
-
-
-@pytest.fixture
-def looped(connect: Connect) -> Iterator[Callable[..., tuple[Connection, Hub]]]:
-    """A consumer connection registered with kombu's event loop, as a worker's is."""
-    hubs: list[Hub] = []
-
-    def make(**options: Any) -> tuple[Connection, Hub]:
-        conn, hub = connect(polling_interval=30, **options), Hub()
-        hubs.append(hub)
-        conn.transport.register_with_event_loop(conn.connection, hub)
-        return conn, hub
-
-    yield make
-    for hub in hubs:
-        hub.close()
-
-
-def turn_until(hub: Hub, done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    loop = hub.create_loop()
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        next(loop)
-
-
-def backlog(connect: Connect, name: str, count: int) -> Queue:
-    """Queue ``name`` holding ``count`` messages ``{"n": 0}`` and up."""
-    queue, producer = Queue(name), connect()
-    for n in range(count):
-        publish(producer, queue, {"n": n})
-    return queue
 
 
 def test_the_acks_of_a_backlog_ride_with_its_claims(

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from broker_helpers import Connect, publish, sql
-from kombu import Queue
+from broker_helpers import Connect, backlog, publish, sql, turn_until
+from kombu import Consumer, Queue
+from kombu.message import Message
 
 from broker import riders
 from broker.results import handoff
@@ -24,6 +25,9 @@ def _probe_statement(records: list[dict]) -> riders.Statement:
 
 
 riders.register(PROBE, _probe_statement)
+# A record whose statement is cancelled, as one that outlives the statement timeout is.
+CANCELS = "cancels"
+riders.register(CANCELS, lambda records: ("SELECT pg_cancel_backend(pg_backend_pid())", {}))
 
 
 @pytest.fixture
@@ -96,21 +100,24 @@ def test_only_a_child_of_the_pipes_process_hands_records_and_only_kinds_its_pare
     assert riders.take([1]) == []
 
 
-def test_a_full_pipe_refuses_records_instead_of_blocking(pipe) -> None:
+def test_a_full_pipe_refuses_records_instead_of_blocking(pipe, tmp_path) -> None:
     # Given a child handing records of nearly PIPE_BUF bytes while nobody takes them
     body = "x" * (riders.PIPE_BUF - 100)
+    count = tmp_path / "accepted"
 
     def work() -> int:
         for n in range(2000):  # more than the largest pipe holds
             if not riders.hand(n, PROBE, {"s": body}):
+                count.write_text(str(n))
                 return 0 if n > 0 else 2  # refused once full, never blocked
         return 1
 
     assert in_child(work) == 0
 
-    # Then every record that was accepted arrives whole
+    # Then every record that was accepted arrives whole, and only those
     taken = riders.take(range(2000))
-    assert taken and all(record == (PROBE, {"s": body}) for record in taken)
+    assert len(taken) == int(count.read_text())
+    assert all(record == (PROBE, {"s": body}) for record in taken)
 
 
 def _result(task_id: str, status: str = "SUCCESS") -> dict:
@@ -120,33 +127,132 @@ def _result(task_id: str, status: str = "SUCCESS") -> dict:
             "queue": "q"}
 
 
-def test_a_handed_result_is_stored_in_the_transaction_of_its_ack_or_not_at_all(
-        db_url: str, connect: Connect, pipe) -> None:
-    # Given two delivered messages, and for each a result that a child handed over: the
-    # second one with a status too long for its column, as no backend would send it
+def _hand_in_child(*handed: tuple[int, str, dict]) -> None:
+    """A forked child hands each ``(delivery tag, kind, record)`` over."""
+    assert in_child(lambda: 0 if all(riders.hand(*one) for one in handed) else 1) == 0
+
+
+STORED = "SELECT task_id, status FROM celery_taskmeta ORDER BY task_id"
+
+
+def test_a_handed_result_commits_with_its_ack_or_not_at_all(
+        db_url: str, connect: Connect, pipe, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a delivered message whose result a child handed over, with a second record that
+    # cancels the statement it rides in, as a statement timeout would
+    conn, queue = connect(), Queue("riding")
+    publish(conn, queue, {"n": 1})
+    message = conn.default_channel.basic_get("riding")
+    _hand_in_child((message.delivery_tag, handoff.KIND, _result("first")),
+                   (message.delivery_tag, CANCELS, {}))
+
+    # When it is acknowledged: the ack fails as on a lost connection, to be retried
+    message.ack()
+    assert "lost the database connection (canceling statement" in caplog.text
+
+    # Then neither the result nor the deletion committed
+    assert sql(db_url, STORED) == []
+    assert sql(db_url, QUEUED) == [(1,)]
+
+
+def test_a_record_the_table_refuses_does_not_hold_back_its_ack(
+        db_url: str, connect: Connect, pipe, caplog: pytest.LogCaptureFixture) -> None:
+    # Given two delivered messages, a result handed over for each, and one record more for
+    # the second: a status too long for its column, as no backend would send it
     conn, queue = connect(), Queue("riding")
     publish(conn, queue, {"n": 1})
     publish(conn, queue, {"n": 2})
     channel = conn.default_channel
     first, second = channel.basic_get("riding"), channel.basic_get("riding")
+    _hand_in_child((first.delivery_tag, handoff.KIND, _result("first")),
+                   (second.delivery_tag, handoff.KIND, _result("second")),
+                   (second.delivery_tag, handoff.KIND, _result("third", "X" * 60)))
 
-    def work() -> int:
-        handed = [riders.hand(first.delivery_tag, handoff.KIND, _result("first")),
-                  riders.hand(second.delivery_tag, handoff.KIND, _result("second", "X" * 60))]
-        return 0 if all(handed) else 1
+    # When both are acknowledged at once
+    channel.ack([first.delivery_tag, second.delivery_tag])
 
-    assert in_child(work) == 0
+    # Then both messages are deleted, the results the table takes are stored, and the one it
+    # refuses is named in the log
+    assert sql(db_url, QUEUED) == [(0,)]
+    assert sql(db_url, STORED) == [("first", "SUCCESS"), ("second", "SUCCESS")]
+    assert "could not write the " + "X" * 60 + " result of task third" in caplog.text
 
-    # When the messages are acknowledged
-    first.ack()
-    with pytest.raises(psycopg.errors.StringDataRightTruncation):
-        second.ack()
 
-    # Then the first result and the deletion of its message committed together, and the
-    # second message, whose result the table refused, is still there
-    assert sql(db_url, "SELECT task_id, status, convert_from(result, 'UTF8') "
-                       "FROM celery_taskmeta") == [("first", "SUCCESS", "42")]
-    assert sql(db_url, QUEUED) == [(1,)]
+def test_a_rejected_or_requeued_message_carries_its_records(
+        db_url: str, connect: Connect, pipe) -> None:
+    # Given two delivered messages, each with a result handed over
+    conn, queue = connect(), Queue("riding")
+    publish(conn, queue, {"n": 1})
+    publish(conn, queue, {"n": 2})
+    channel = conn.default_channel
+    dead, again = channel.basic_get("riding"), channel.basic_get("riding")
+    _hand_in_child((dead.delivery_tag, handoff.KIND, _result("dead", "FAILURE")),
+                   (again.delivery_tag, handoff.KIND, _result("again", "FAILURE")))
+
+    # When one is rejected and the other requeued
+    dead.reject()
+    again.requeue()
+
+    # Then each result was stored with its message's outcome
+    assert sql(db_url, STORED) == [("again", "FAILURE"), ("dead", "FAILURE")]
+    assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_dead_letter") == [(1,)]
+    assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_message "
+                       "WHERE consumer IS NULL") == [(1,)]
+
+
+def test_in_the_event_loop_records_ride_with_the_claims_and_a_refused_one_stops_nothing(
+        db_url: str, connect: Connect, looped, acks_alone: list[int], pipe,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Given 12 messages, consumed in the event loop with a window of 4; a child hands the
+    # result of each over before it is acked: that of message 5 one the table refuses
+    queue = backlog(connect, "riding-loop", 12)
+    conn, hub = looped()
+    runs: dict[int, int] = {}
+
+    def run(body: dict[str, int], message: Message) -> None:
+        n = body["n"]
+        runs[n] = runs.get(n, 0) + 1
+        status = "X" * 60 if n == 5 else "SUCCESS"
+        _hand_in_child((message.delivery_tag, handoff.KIND, _result(f"t{n:02}", status)))
+        message.ack()
+
+    # When it drains them
+    with Consumer(conn, [queue], callbacks=[run], prefetch_count=4):
+        turn_until(hub, lambda: sql(db_url, QUEUED) == [(0,)], "the backlog to be acked")
+
+    # Then each ran once, every ack went with a claim, and every result but the refused one
+    # was stored
+    assert runs == {n: 1 for n in range(12)}
+    assert acks_alone == []
+    assert sql(db_url, STORED) == [(f"t{n:02}", "SUCCESS") for n in range(12) if n != 5]
+    assert caplog.text.count("could not write") == 1
+
+
+def test_records_wait_with_their_acks_through_an_outage(
+        db_url: str, connect: Connect, looped, pipe) -> None:
+    # Given a consumer in the event loop that acked a message whose result a child handed
+    # over, its ack waiting for the loop turn's claim
+    queue = backlog(connect, "riding-outage", 2)
+    conn, hub = looped()
+    received: list[Message] = []
+    with Consumer(conn, [queue], callbacks=[lambda body, message: received.append(message)],
+                  prefetch_count=1):
+        turn_until(hub, lambda: len(received) == 1, "the first message")
+        _hand_in_child((received[0].delivery_tag, handoff.KIND, _result("outage")))
+        received[0].ack()
+
+        # When the consuming session dies before the claim sends it
+        channel = conn.default_channel
+        sql(db_url, "SELECT pg_terminate_backend(%(pid)s)",
+            {"pid": conn.transport.store.connect().info.backend_pid})
+        assert channel.deliver_ready() == 0
+        assert sql(db_url, STORED) == []
+
+        # Then, once reconnected, the result is stored with the ack, and the next message
+        # follows
+        turn_until(hub, lambda: len(received) == 2, "the second message")
+    assert sql(db_url, STORED) == [("outage", "SUCCESS")]
+    assert sql(db_url, "SELECT count(*) FROM pgjobs_broker_message WHERE queue = "
+                       "'riding-outage'") == [(1,)]
 
 
 def test_the_results_of_a_task_that_ran_twice_keep_its_first_success(db_url: str) -> None:
@@ -158,6 +264,30 @@ def test_the_results_of_a_task_that_ran_twice_keep_its_first_success(db_url: str
         stored = conn.execute("SELECT task_id, status FROM celery_taskmeta "
                               "ORDER BY task_id").fetchall()
     assert stored == [("t", "SUCCESS"), ("u", "FAILURE")]
+
+
+def test_a_handed_result_older_than_the_stored_one_replaces_it_only_if_a_success(
+        db_url: str) -> None:
+    # Given failures the worker's main process stored while the children's results waited
+    # for their acks (a lost pool process, a revoke)
+    def store(*records: dict) -> None:
+        statement, params = handoff.statement(list(records))
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(statement, params)
+
+    newer = "2026-12-07T04:00:05"
+    store({**_result("lost", "FAILURE"), "date_done": newer},
+          {**_result("revoked", "REVOKED"), "date_done": newer},
+          {**_result("late", "FAILURE"), "date_done": "2026-12-07T03:00:00"})
+
+    # When older results arrive with their acks: two failures, and a success
+    store(_result("revoked", "FAILURE"), _result("late", "FAILURE"), _result("lost"))
+
+    # Then the newer failure stays, an older one is replaced, and the success is kept
+    assert sql(db_url, STORED) == [("late", "FAILURE"), ("lost", "SUCCESS"),
+                                   ("revoked", "REVOKED")]
+    assert sql(db_url, "SELECT date_done FROM celery_taskmeta WHERE task_id = 'late'")[0][0] \
+        .isoformat() == "2026-12-07T04:00:00"
 
 
 class _Request:
