@@ -65,6 +65,9 @@ def test_a_result_in_the_hands_of_a_worker_that_died_is_stored_by_the_next_run(r
     first = results.start_worker("first", concurrency=1)
     sent = results.app.tasks["rt.part"].delay("alone", "die-after-commit")
     first.process.wait(timeout=WAIT)
+    # the result went down with the worker: the ack it rode with never committed
+    assert results.query("SELECT status FROM celery_taskmeta WHERE task_id = %s",
+                         (sent.id,)) == []
 
     # When another worker takes the message back and runs the task again
     results.start_worker("second", concurrency=1)
