@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from broker_helpers import Connect, backlog, publish, sql, turn_until
+from broker_helpers import Connect, backlog, collect, publish, sql, turn_until
 from kombu import Consumer, Queue
 from kombu.message import Message
 
@@ -315,3 +315,26 @@ def test_a_result_the_table_would_refuse_is_not_handed_over(pipe, changes) -> No
 
     assert in_child(work) == 0
     assert [fields["task_id"] for _, fields in riders.take([5])] == ["t"]
+
+
+def test_records_stay_with_their_acks_when_the_connection_is_dropped(
+        db_url: str, connect: Connect, looped, pipe) -> None:
+    # Given a consumer in the event loop that acked a message whose result a child handed
+    # over, the ack waiting for the loop turn's claim
+    queue = backlog(connect, "riding-orphan", 2)
+    conn, hub = looped()
+    received: list[Message] = []
+    with Consumer(conn, [queue], callbacks=[lambda body, message: received.append(message)],
+                  prefetch_count=1):
+        turn_until(hub, lambda: len(received) == 1, "the first message")
+        _hand_in_child((received[0].delivery_tag, handoff.KIND, _result("orphan")))
+        received[0].ack()
+
+        # When its connection is dropped, as Celery does after a connection error
+        conn.collect()
+
+    # Then the ack, settled through the consumer the next connection adopts, took the
+    # result with it, and the other message is delivered there
+    assert sql(db_url, STORED) == [("orphan", "SUCCESS")]
+    assert sql(db_url, QUEUED) == [(1,)]
+    assert [m.payload for m in collect(connect(), [queue], 1)] == [{"n": 1}]
