@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from broker_helpers import Connect, backlog, collect, publish, sql, turn_until
+from broker_helpers import Connect, backlog, collect, publish, rows, sql, turn_until
 from kombu import Consumer, Queue
 from kombu.message import Message
 
@@ -202,17 +202,18 @@ def test_a_rejected_or_requeued_message_carries_its_records(
 def test_in_the_event_loop_records_ride_with_the_claims_and_a_refused_one_stops_nothing(
         db_url: str, connect: Connect, looped, acks_alone: list[int], pipe,
         caplog: pytest.LogCaptureFixture) -> None:
-    # Given 12 messages, consumed in the event loop with a window of 4; a child hands the
-    # result of each over before it is acked: that of message 5 one the table refuses
+    # Given 12 messages, consumed in the event loop with a window of 4, and a result of each
+    # handed over by a child (a message's delivery tag is its id): that of message 5 one the
+    # table refuses
     queue = backlog(connect, "riding-loop", 12)
+    ids = [id_ for id_, _ in rows(db_url, "riding-loop")]
+    _hand_in_child(*((id_, handoff.KIND, _result(f"t{n:02}", "X" * 60 if n == 5 else "SUCCESS"))
+                     for n, id_ in enumerate(ids)))
     conn, hub = looped()
     runs: dict[int, int] = {}
 
     def run(body: dict[str, int], message: Message) -> None:
-        n = body["n"]
-        runs[n] = runs.get(n, 0) + 1
-        status = "X" * 60 if n == 5 else "SUCCESS"
-        _hand_in_child((message.delivery_tag, handoff.KIND, _result(f"t{n:02}", status)))
+        runs[body["n"]] = runs.get(body["n"], 0) + 1
         message.ack()
 
     # When it drains them
