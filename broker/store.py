@@ -32,7 +32,10 @@ from broker.session import Session
 logger = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
-"""What a lost or broken connection raises."""
+"""What a lost or broken connection raises (and a timeout, a deadlock: the statement may
+succeed when tried again)."""
+# SQLSTATEs of a session the server ended.
+_ENDED = frozenset({"57P01", "57P02", "57P03"})
 
 _T = TypeVar("_T")
 
@@ -56,6 +59,17 @@ class Promotion(NamedTuple):
 
     promoted: int
     next_due_in: float | None
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the session is lost or unusable, rather than that a statement
+    failed in it (a timeout, a deadlock, a refused value)."""
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _ENDED
 
 
 def first_line(exc: BaseException) -> str:
@@ -321,19 +335,24 @@ class Store:
         try:
             return run(riders.statements(records))
         except psycopg.Error as exc:
-            if isinstance(exc, CONNECTION_ERRORS):
+            # The connection, or the consumer's row rescued away: the records are not to
+            # blame, and wait with their acks.
+            if connection_lost(exc) or isinstance(exc, psycopg.errors.ForeignKeyViolation):
                 raise
         for record in records:
             self._write_alone(record)
         return run(())
 
     def _write_alone(self, record: Record) -> None:
+        """Write ``record`` in a transaction of its own, bounded by the statement timeout
+        (this runs in the consuming loop); a failure but a lost connection drops it."""
         [(statement, values)] = riders.statements([record])
         try:
-            with self._connection() as conn, lending.committed(conn):
+            with self.transaction(), self._connection() as conn:
+                conn.execute(query("local_statement_timeout"), {"timeout": self._claim_timeout})
                 conn.execute(statement, values)
         except psycopg.Error as exc:
-            if isinstance(exc, CONNECTION_ERRORS):
+            if connection_lost(exc):
                 raise
             logger.error("pgjobs broker: could not write %s (%s); it is dropped",
                          riders.describe(record), first_line(exc))

@@ -62,14 +62,24 @@ def held_row(task_id: str) -> dict[str, Any] | None:
 
 def statement(records: list[dict[str, Any]]) -> Statement:
     """The statement storing ``records``, one row per task: where a task ran more than once,
-    its first success, or else its latest outcome (as storing them one by one would keep)."""
+    its first success, or else its latest outcome (as ``store_results`` would keep of them
+    one by one)."""
     kept: dict[str, dict[str, Any]] = {}
     for record in records:
         before = kept.get(record["task_id"])
-        if before is None or before["status"] != states.SUCCESS:
+        if before is None or _replaces(record, before):
             kept[record["task_id"]] = record
     # In task id order, as any two batches that share tasks lock their rows.
     return query("store_results"), {"rows": Json([kept[key] for key in sorted(kept)])}
+
+
+def _replaces(record: dict[str, Any], before: dict[str, Any]) -> bool:
+    """Whether ``record`` replaces ``before``, as ``store_results`` decides: a success stays,
+    an outcome yields to a success or a newer one (ISO dates of one form compare as text)."""
+    if before["status"] == states.SUCCESS:
+        return False
+    return (record["status"] == states.SUCCESS or before["date_done"] is None
+            or (record["date_done"] or "") >= before["date_done"])
 
 
 def describe(record: dict[str, Any]) -> str:

@@ -28,6 +28,10 @@ riders.register(PROBE, _probe_statement)
 # A record whose statement is cancelled, as one that outlives the statement timeout is.
 CANCELS = "cancels"
 riders.register(CANCELS, lambda records: ("SELECT pg_cancel_backend(pg_backend_pid())", {}))
+# A record whose statement ends its own session.
+ENDS_SESSION = "ends-session"
+riders.register(ENDS_SESSION,
+                lambda records: ("SELECT pg_terminate_backend(pg_backend_pid())", {}))
 
 
 @pytest.fixture
@@ -137,21 +141,40 @@ STORED = "SELECT task_id, status FROM celery_taskmeta ORDER BY task_id"
 
 def test_a_handed_result_commits_with_its_ack_or_not_at_all(
         db_url: str, connect: Connect, pipe, caplog: pytest.LogCaptureFixture) -> None:
-    # Given a delivered message whose result a child handed over, with a second record that
-    # cancels the statement it rides in, as a statement timeout would
+    # Given a delivered message whose result a child handed over, with a second record whose
+    # statement ends its session, as a server restart would
+    conn, queue = connect(), Queue("riding")
+    publish(conn, queue, {"n": 1})
+    message = conn.default_channel.basic_get("riding")
+    _hand_in_child((message.delivery_tag, handoff.KIND, _result("first")),
+                   (message.delivery_tag, ENDS_SESSION, {}))
+
+    # When it is acknowledged: the ack fails with the connection, to be retried
+    message.ack()
+    assert "lost the database connection" in caplog.text
+
+    # Then neither the result nor the deletion committed
+    assert sql(db_url, STORED) == []
+    assert sql(db_url, QUEUED) == [(1,)]
+
+
+def test_a_record_that_outlives_the_statement_timeout_does_not_hold_back_its_ack(
+        db_url: str, connect: Connect, pipe, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a delivered message whose result a child handed over, with a second record whose
+    # statement is cancelled every time, as one that always outlives the timeout would be
     conn, queue = connect(), Queue("riding")
     publish(conn, queue, {"n": 1})
     message = conn.default_channel.basic_get("riding")
     _hand_in_child((message.delivery_tag, handoff.KIND, _result("first")),
                    (message.delivery_tag, CANCELS, {}))
 
-    # When it is acknowledged: the ack fails as on a lost connection, to be retried
+    # When it is acknowledged
     message.ack()
-    assert "lost the database connection (canceling statement" in caplog.text
 
-    # Then neither the result nor the deletion committed
-    assert sql(db_url, STORED) == []
-    assert sql(db_url, QUEUED) == [(1,)]
+    # Then the ack and the result committed, and the cancelled record is named in the log
+    assert sql(db_url, QUEUED) == [(0,)]
+    assert sql(db_url, STORED) == [("first", "SUCCESS")]
+    assert "could not write a record of kind 'cancels' (canceling statement" in caplog.text
 
 
 def test_a_record_the_table_refuses_does_not_hold_back_its_ack(
@@ -258,13 +281,16 @@ def test_records_wait_with_their_acks_through_an_outage(
 
 def test_the_results_of_a_task_that_ran_twice_keep_its_first_success(db_url: str) -> None:
     # One statement may carry several outcomes of one task: ON CONFLICT touches a row once
-    statement, params = handoff.statement([_result("t", "FAILURE"), _result("t"),
-                                           _result("t", "FAILURE"), _result("u", "FAILURE")])
+    # and the newest of the others
+    later = {"date_done": "2026-12-07T04:00:00.5", "traceback": "later"}
+    statement, params = handoff.statement([
+        _result("t", "FAILURE"), _result("t"), _result("t", "FAILURE"),
+        {**_result("u", "FAILURE"), **later}, _result("u", "FAILURE")])
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(statement, params)
-        stored = conn.execute("SELECT task_id, status FROM celery_taskmeta "
+        stored = conn.execute("SELECT task_id, status, traceback FROM celery_taskmeta "
                               "ORDER BY task_id").fetchall()
-    assert stored == [("t", "SUCCESS"), ("u", "FAILURE")]
+    assert stored == [("t", "SUCCESS", None), ("u", "FAILURE", "later")]
 
 
 def test_a_handed_result_older_than_the_stored_one_replaces_it_only_if_a_success(
