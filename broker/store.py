@@ -326,10 +326,10 @@ class Store:
     def _carrying(self, records: Sequence[Record],
                   run: Callable[[Sequence[Statement]], _T]) -> _T:
         """``run`` a transaction with the statements writing ``records`` (see
-        :mod:`broker.riders`) in it. Should it fail for any reason but the connection, a
-        record may be to blame, and must not hold back the messages it rides with: each
-        record is written alone (one that fails again is logged and dropped), then ``run``
-        goes again without them."""
+        :mod:`broker.riders`) in it. Should it fail for any reason but a lost connection or a
+        rescued consumer, a record may be to blame, and must not hold back the messages it
+        rides with: each record is written alone (one that fails again is logged and
+        dropped), then ``run`` goes again without them."""
         if not records:
             return run(())
         try:

@@ -106,12 +106,9 @@ def _record(row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _storable(column: str, value: str) -> bool:
-    """Whether PostgreSQL takes ``value`` in ``column``: UTF-8 text (a lone surrogate, as in a
-    traceback naming an undecodable file, is not), no NUL, within the column's length."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
+    """Whether PostgreSQL takes ``value`` in ``column``: no NUL, within the column's length.
+    (Text that is not UTF-8, such as a lone surrogate in a traceback naming an undecodable
+    file, :func:`broker.riders.hand` refuses as it encodes the record.)"""
     return "\x00" not in value and len(value) <= _LENGTHS.get(column, len(value))
 
 
