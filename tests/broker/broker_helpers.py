@@ -84,3 +84,19 @@ def backlog(connect: Connect, name: str, count: int) -> Queue:
     for n in range(count):
         publish(producer, queue, {"n": n})
     return queue
+
+
+def drain_in_loop(db_url: str, conn: Connection, hub: Hub, queue: Queue,
+                  window: int = 4) -> dict[int, int]:
+    """Consume ``queue`` in ``hub``'s loop with a prefetch window of ``window``, acking each
+    message as it arrives, until no message is left; how often each ``n`` ran."""
+    runs: dict[int, int] = {}
+
+    def run(body: dict[str, int], message: Message) -> None:
+        runs[body["n"]] = runs.get(body["n"], 0) + 1
+        message.ack()
+
+    with Consumer(conn, [queue], callbacks=[run], prefetch_count=window):
+        turn_until(hub, lambda: sql(db_url, "SELECT count(*) FROM pgjobs_broker_message")
+                   == [(0,)], "the backlog to be acked")
+    return runs

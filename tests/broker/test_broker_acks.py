@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from broker_helpers import Connect, backlog, sql, turn_until
+from broker_helpers import Connect, backlog, drain_in_loop, sql, turn_until
 from kombu import Consumer
 from kombu.message import Message
 
@@ -18,16 +18,9 @@ def test_the_acks_of_a_backlog_ride_with_its_claims(
         db_url: str, connect: Connect, looped, acks_alone: list[int]) -> None:
     # Given 12 messages queued, and a consumer in the event loop with a window of 4
     queue = backlog(connect, "backlog", 12)
-    conn, hub = looped()
-    runs: dict[int, int] = {}
-
-    def run(body: dict[str, int], message: Message) -> None:
-        runs[body["n"]] = runs.get(body["n"], 0) + 1
-        message.ack()
 
     # When it drains them, acking each as it runs
-    with Consumer(conn, [queue], callbacks=[run], prefetch_count=4):
-        turn_until(hub, lambda: sql(db_url, QUEUED) == [(0,)], "the backlog to be acked")
+    runs = drain_in_loop(db_url, *looped(), queue)
 
     # Then each ran once, and no ack needed a round trip of its own: each went with a claim
     assert runs == {n: 1 for n in range(12)}

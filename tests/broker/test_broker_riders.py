@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
-from broker_helpers import Connect, backlog, collect, publish, rows, sql, turn_until
+from broker_helpers import Connect, backlog, collect, drain_in_loop, publish, rows, sql, turn_until
 from kombu import Consumer, Queue
 from kombu.message import Message
+from kombu.transport.virtual import Channel
 
 from broker import riders
 from broker.results import handoff
@@ -139,13 +139,25 @@ def _hand_in_child(*handed: tuple[int, str, dict]) -> None:
 STORED = "SELECT task_id, status FROM celery_taskmeta ORDER BY task_id"
 
 
+def _delivered(connect: Connect, count: int) -> tuple[Channel, list[Message]]:
+    """``count`` messages published to queue ``riding`` and delivered on one channel."""
+    conn, queue = connect(), Queue("riding")
+    for n in range(count):
+        publish(conn, queue, {"n": n})
+    channel = conn.default_channel
+    return channel, [channel.basic_get("riding") for _ in range(count)]
+
+
+def _store(db_url: str, *records: dict) -> list[tuple]:
+    """Run the statement storing handed ``records``, outside any ack."""
+    return sql(db_url, *handoff.statement(list(records)))
+
+
 def test_a_handed_result_commits_with_its_ack_or_not_at_all(
         db_url: str, connect: Connect, pipe, caplog: pytest.LogCaptureFixture) -> None:
     # Given a delivered message whose result a child handed over, with a second record whose
     # statement ends its session, as a server restart would
-    conn, queue = connect(), Queue("riding")
-    publish(conn, queue, {"n": 1})
-    message = conn.default_channel.basic_get("riding")
+    _, [message] = _delivered(connect, 1)
     _hand_in_child((message.delivery_tag, handoff.KIND, _result("first")),
                    (message.delivery_tag, ENDS_SESSION, {}))
 
@@ -162,9 +174,7 @@ def test_a_record_that_outlives_the_statement_timeout_does_not_hold_back_its_ack
         db_url: str, connect: Connect, pipe, caplog: pytest.LogCaptureFixture) -> None:
     # Given a delivered message whose result a child handed over, with a second record whose
     # statement is cancelled every time, as one that always outlives the timeout would be
-    conn, queue = connect(), Queue("riding")
-    publish(conn, queue, {"n": 1})
-    message = conn.default_channel.basic_get("riding")
+    _, [message] = _delivered(connect, 1)
     _hand_in_child((message.delivery_tag, handoff.KIND, _result("first")),
                    (message.delivery_tag, CANCELS, {}))
 
@@ -181,11 +191,7 @@ def test_a_record_the_table_refuses_does_not_hold_back_its_ack(
         db_url: str, connect: Connect, pipe, caplog: pytest.LogCaptureFixture) -> None:
     # Given two delivered messages, a result handed over for each, and one record more for
     # the second: a status too long for its column, as no backend would send it
-    conn, queue = connect(), Queue("riding")
-    publish(conn, queue, {"n": 1})
-    publish(conn, queue, {"n": 2})
-    channel = conn.default_channel
-    first, second = channel.basic_get("riding"), channel.basic_get("riding")
+    channel, [first, second] = _delivered(connect, 2)
     _hand_in_child((first.delivery_tag, handoff.KIND, _result("first")),
                    (second.delivery_tag, handoff.KIND, _result("second")),
                    (second.delivery_tag, handoff.KIND, _result("third", "X" * 60)))
@@ -203,11 +209,7 @@ def test_a_record_the_table_refuses_does_not_hold_back_its_ack(
 def test_a_rejected_or_requeued_message_carries_its_records(
         db_url: str, connect: Connect, pipe) -> None:
     # Given two delivered messages, each with a result handed over
-    conn, queue = connect(), Queue("riding")
-    publish(conn, queue, {"n": 1})
-    publish(conn, queue, {"n": 2})
-    channel = conn.default_channel
-    dead, again = channel.basic_get("riding"), channel.basic_get("riding")
+    _, [dead, again] = _delivered(connect, 2)
     _hand_in_child((dead.delivery_tag, handoff.KIND, _result("dead", "FAILURE")),
                    (again.delivery_tag, handoff.KIND, _result("again", "FAILURE")))
 
@@ -232,16 +234,9 @@ def test_in_the_event_loop_records_ride_with_the_claims_and_a_refused_one_stops_
     ids = [id_ for id_, _ in rows(db_url, "riding-loop")]
     _hand_in_child(*((id_, handoff.KIND, _result(f"t{n:02}", "X" * 60 if n == 5 else "SUCCESS"))
                      for n, id_ in enumerate(ids)))
-    conn, hub = looped()
-    runs: dict[int, int] = {}
-
-    def run(body: dict[str, int], message: Message) -> None:
-        runs[body["n"]] = runs.get(body["n"], 0) + 1
-        message.ack()
 
     # When it drains them
-    with Consumer(conn, [queue], callbacks=[run], prefetch_count=4):
-        turn_until(hub, lambda: sql(db_url, QUEUED) == [(0,)], "the backlog to be acked")
+    runs = drain_in_loop(db_url, *looped(), queue)
 
     # Then each ran once, every ack went with a claim, and every result but the refused one
     # was stored
@@ -283,32 +278,23 @@ def test_the_results_of_a_task_that_ran_twice_keep_its_first_success(db_url: str
     # One statement may carry several outcomes of one task: ON CONFLICT touches a row once
     # and the newest of the others
     later = {"date_done": "2026-12-07T04:00:00.5", "traceback": "later"}
-    statement, params = handoff.statement([
-        _result("t", "FAILURE"), _result("t"), _result("t", "FAILURE"),
-        {**_result("u", "FAILURE"), **later}, _result("u", "FAILURE")])
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(statement, params)
-        stored = conn.execute("SELECT task_id, status, traceback FROM celery_taskmeta "
-                              "ORDER BY task_id").fetchall()
-    assert stored == [("t", "SUCCESS", None), ("u", "FAILURE", "later")]
+    _store(db_url, _result("t", "FAILURE"), _result("t"), _result("t", "FAILURE"),
+           {**_result("u", "FAILURE"), **later}, _result("u", "FAILURE"))
+    assert sql(db_url, "SELECT task_id, status, traceback FROM celery_taskmeta "
+                       "ORDER BY task_id") == [("t", "SUCCESS", None), ("u", "FAILURE", "later")]
 
 
 def test_a_handed_result_older_than_the_stored_one_replaces_it_only_if_a_success(
         db_url: str) -> None:
     # Given failures the worker's main process stored while the children's results waited
     # for their acks (a lost pool process, a revoke)
-    def store(*records: dict) -> None:
-        statement, params = handoff.statement(list(records))
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(statement, params)
-
     newer = "2026-12-07T04:00:05"
-    store({**_result("lost", "FAILURE"), "date_done": newer},
-          {**_result("revoked", "REVOKED"), "date_done": newer},
-          {**_result("late", "FAILURE"), "date_done": "2026-12-07T03:00:00"})
+    _store(db_url, {**_result("lost", "FAILURE"), "date_done": newer},
+           {**_result("revoked", "REVOKED"), "date_done": newer},
+           {**_result("late", "FAILURE"), "date_done": "2026-12-07T03:00:00"})
 
     # When older results arrive with their acks: two failures, and a success
-    store(_result("revoked", "FAILURE"), _result("late", "FAILURE"), _result("lost"))
+    _store(db_url, _result("revoked", "FAILURE"), _result("late", "FAILURE"), _result("lost"))
 
     # Then the newer failure stays, an older one is replaced, and the success is kept
     assert sql(db_url, STORED) == [("late", "FAILURE"), ("lost", "SUCCESS"),
