@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -109,8 +108,6 @@ class Store:
         self._session = Session(conninfo, prepare, application_name="pgjobs-broker")
         self._claim_timeout = f"{int(statement_timeout * 1000)}ms"
         self._borrowing = lending.Borrowing()
-        self._lock = threading.RLock()
-        self._lock_pid = os.getpid()
 
     #: The connection string under which this store asks its process for a lender
     #: (:func:`broker.lending.lender_for`) before each operation; None: it always uses its
@@ -145,24 +142,13 @@ class Store:
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         """The connection for one operation: a borrowed one (see :attr:`borrow_under`), or
-        this store's own session, which one thread at a time uses."""
+        this store's own session."""
         lender = lending.lender_for(self.borrow_under) if self.borrow_under else None
         if lender is None:
-            with self._owned():
-                yield self.connect()
+            yield self.connect()
             return
         with self._borrowing.borrow(lender) as conn:
             yield conn
-
-    def _owned(self) -> threading.RLock:
-        """The lock held while a thread uses the session. A consuming store is shared by
-        threads: the event loop's claims and a threads pool's acks. psycopg locks each
-        statement, not a pipeline, so a statement sent during a claim would join its pipeline
-        and wedge the session. Made anew in a forked child, where the thread that held it does
-        not exist."""
-        if self._lock_pid != os.getpid():
-            self._lock, self._lock_pid = threading.RLock(), os.getpid()
-        return self._lock
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -249,11 +235,6 @@ class Store:
 
     def _claim(self, params: dict[str, Any], acks: Sequence[int], waking: Sequence[str],
                statements: Sequence[Statement]) -> list[Claimed]:
-        with self._owned():
-            return self._claim_owned(params, acks, waking, statements)
-
-    def _claim_owned(self, params: dict[str, Any], acks: Sequence[int],
-                     waking: Sequence[str], statements: Sequence[Statement]) -> list[Claimed]:
         consumer = params["consumer"]
         conn = self.connect()
         try:
