@@ -1,8 +1,7 @@
 """The only module that talks to the driver: one method per named query in ``queries.sql``.
 
 A :class:`Store` owns one :class:`broker.session.Session`: an autocommit connection opened
-lazily, reopened on the next call after it broke, never closed by a forked child, and used
-by one thread at a time (a worker's event loop claims on it while a threads pool acks).
+lazily, reopened on the next call after it broke, never closed by a forked child.
 Publishing goes through the caller's connection instead while :func:`broker.in_transaction`
 is active. A producing store told where to borrow (:attr:`Store.borrow_under`) runs each
 operation on a connection lent by its process (:mod:`broker.lending`) when there is a lender,
