@@ -3,7 +3,8 @@
 Every backend object of a process on the same database shares one :class:`Database`: one
 autocommit psycopg connection, opened lazily, reopened after it broke, and never reused
 across ``fork()`` (a pool child opens its own; the parent's is left alone, since closing it
-in the child would end the parent's session too). A lock serialises its use between threads.
+in the child would end the parent's session too). A lock serialises its use between threads;
+a forked child gets new locks, since the thread holding one at the fork is not in the child.
 
 A process that already has a pool of connections to the same database (a worker's pool
 child, with the tasks' own engine) can lend it to the backend instead
@@ -15,6 +16,7 @@ publishing borrows from too, with its matching rule.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +61,16 @@ def _close_all() -> None:
             database.discard()
 
 
+def _after_fork_in_child() -> None:
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()
+    for database in _SHARED.values():
+        database.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def query(name: str) -> str:
     """The named statement of ``queries.sql``."""
     return QUERIES[name]
@@ -83,6 +95,11 @@ class Database:
                                 application_name=APPLICATION_NAME)
         self._lock = threading.RLock()
         self._borrowed: psycopg.Connection | None = None
+
+    def after_fork(self) -> None:
+        """In a forked child: what another thread of the parent held is nobody's now."""
+        self._lock = threading.RLock()
+        self._borrowed = None
 
     def connect(self) -> psycopg.Connection:
         """The open connection, (re)opened if needed. Call with the lock held."""

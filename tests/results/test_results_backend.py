@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 import psycopg
@@ -216,6 +217,39 @@ def test_a_forked_child_stores_through_its_own_connection(db_url):
     backend.store_result("parent-after", 3, "SUCCESS")
     assert backend.database.connect().info.backend_pid == parent_pid
     assert backend.get_task_meta("child")["result"] == 2
+
+
+def test_a_child_forked_while_another_thread_uses_the_connection_can_store(db_url):
+    # Given a backend whose connection another thread of this process is using
+    backend = _app(db_url).backend
+    in_use, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with backend.database.transaction():
+            in_use.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert in_use.wait(10)
+
+    # When this process forks meanwhile, and the child stores a result
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # a child that waits is killed
+        signal.alarm(20)
+        try:
+            backend.store_result("forked", 1, "SUCCESS")
+            os._exit(0)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(child, 0)
+    done.set()
+    holder.join(10)
+
+    # Then the child did not wait for a lock that only the parent's thread could release
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert backend.get_task_meta("forked")["result"] == 1
 
 
 def test_results_skip_the_wal_flush_wait_only_when_a_later_ack_on_this_server_flushes_them(
