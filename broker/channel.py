@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable
 from queue import Empty
 from time import monotonic
@@ -84,6 +85,8 @@ class Channel(virtual.Channel):
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
         self._acks_since = 0.0
+        # Outcomes recorded on other threads (a threads pool's), for the loop's thread to send.
+        self._handed: deque[Callable[[], None]] = deque()
         # What pool children handed over for the messages of those acks (broker.riders).
         self._records: list[Record] = []
         # Queues this channel's consumer is busy on (publishing there wakes nobody), and
@@ -98,19 +101,26 @@ class Channel(virtual.Channel):
     def close(self) -> None:
         if self.connection is not None and self.connection.forked:
             self.do_restore = False  # the messages belong to the parent process's consumer
-        elif self._acks:
-            try:
-                self.flush_acks()
-            except psycopg.Error as exc:
-                logger.warning("pgjobs broker: %d ack(s) not recorded (%s); those messages "
-                               "will be delivered again", len(self._acks), first_line(exc))
+        else:
+            self._flush_before_close()
         if self.connection is not None and self.connection.consumer is not None:
             self._closed_consumer = self.connection.consumer.id
         super().close()
 
+    def _flush_before_close(self) -> None:
+        self.take_handed()
+        if not self._acks:
+            return
+        try:
+            self.flush_acks()
+        except psycopg.Error as exc:
+            logger.warning("pgjobs broker: %d ack(s) not recorded (%s); those messages "
+                           "will be delivered again", len(self._acks), first_line(exc))
+
     def orphan(self, consumer: Consumer | None) -> None:
         """The connection was lost: close without a word to the database, keeping every lease
         for ``consumer``, through which later acks and rejects now go."""
+        self.take_handed()
         self._orphaned = True
         self._adopter = consumer
         self._acks, acks = [], self._acks
@@ -143,28 +153,58 @@ class Channel(virtual.Channel):
         the loop turn, or for the next claim if one is due soon (:meth:`flush_acks`), and go
         in its round trip. What pool children handed over for these messages goes with them."""
         records = riders.take(tags)
+        if self._hand_to_loop(lambda: self._hold_acks(tags, records)):
+            return
         if self.connection is not None and self.connection.batches_acks():
-            if not self._acks:
-                self._acks_since = monotonic()
-            self._acks.extend(tags)
-            self._records.extend(records)
+            self._hold_acks(tags, records)
         else:
             self._settle(_carrying(Store.ack, records), tags)
         if self.pending and self.connection is not None:
             self.connection.wake()  # the window had filled up: claim again now
 
+    def _hold_acks(self, tags: list[int], records: list[Record]) -> None:
+        if not self._acks:
+            self._acks_since = monotonic()
+        self._acks.extend(tags)
+        self._records.extend(records)
+
     def reject(self, tag: int, requeue: bool) -> None:
         """Requeue at once, or move to the dead-letter table."""
         records = riders.take([tag])
         if requeue:
-            self._settle(_carrying(Store.release, records), [tag])
+            self._settle_on_loop(_carrying(Store.release, records), [tag])
         else:
-            self._settle(lambda store, tags, consumer: store.dead_letter(
+            self._settle_on_loop(lambda store, tags, consumer: store.dead_letter(
                 tags[0], REJECTED, consumer, records), [tag])
 
     def release(self, tags: list[int]) -> None:
         """Put back the messages among ``tags`` that this channel's consumer still holds."""
-        self._settle(_carrying(Store.release, riders.take(tags)), tags)
+        self._settle_on_loop(_carrying(Store.release, riders.take(tags)), tags)
+
+    # -- outcomes from other threads ---------------------------------------------------------
+
+    def _hand_to_loop(self, call: Callable[[], None]) -> bool:
+        """On a thread other than the event loop's (a threads pool acks on its own threads),
+        leave ``call`` for the loop's next turn, which it starts at once; False elsewhere, where
+        the caller runs it. Only the loop's thread uses the consuming session: psycopg locks a
+        statement, not a pipeline, so a statement sent from another thread while a claim's
+        pipeline is open would join it and wedge the session."""
+        connection = self.connection
+        if connection is None or not connection.loop.bound or connection.batches_acks():
+            return False
+        self._handed.append(call)
+        connection.wake()
+        return True
+
+    def take_handed(self) -> None:
+        """Run, on the loop's thread, what other threads left for it (:meth:`_hand_to_loop`)."""
+        while self._handed:
+            self._handed.popleft()()
+
+    def _settle_on_loop(self, operation: Callable[[Store, list[int], uuid.UUID], None],
+                        tags: list[int]) -> None:
+        if not self._hand_to_loop(lambda: self._settle(operation, tags)):
+            self._settle(operation, tags)
 
     def _settle(self, operation: Callable[[Store, list[int], uuid.UUID], None],
                 tags: list[int]) -> None:
@@ -210,6 +250,7 @@ class Channel(virtual.Channel):
         """Send the acks waiting for this loop turn; on failure they stay for the next try,
         or the close, since a lost ack means the task runs again. With ``hold``, acks wait
         up to :data:`ACK_HOLD` for the claim that a full window's last claim promises."""
+        self.take_handed()
         due = self.acks_due_at()
         if due is None or (hold and self.pending and monotonic() < due):
             return
@@ -254,6 +295,7 @@ class Channel(virtual.Channel):
             return 0
         if not self.connection.outage.ready():
             return 0
+        self.take_handed()
         acks, self._acks = self._acks, []
         records, self._records = self._records, []
         waking = sorted(self._busy) if self._waking else []

@@ -43,6 +43,7 @@ from broker.store import Store
 
 if TYPE_CHECKING:
     from broker.channel import Channel
+    from broker.loop import LoopBinding
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +71,32 @@ class Consumer:
         self.heartbeat = Heartbeat(heartbeat_store, self.id, self.hostname, visibility_timeout,
                                    interval)
         self.store: Store | None = None
+        # The event loop of the connection that consumes through ``store``, if it has one.
+        self.loop: LoopBinding | None = None
         self.orphans: list[Channel] = []
         self._waiting: list[Settlement] = []
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def attach(self, store: Store) -> None:
-        """Consume through ``store``'s connection: register (or renew) this consumer's row,
-        settle what waited for a connection, and take stock of the orphaned deliveries."""
+    def attach(self, store: Store, loop: LoopBinding | None = None) -> None:
+        """Consume through ``store``'s connection, in ``loop`` if it has one: register (or
+        renew) this consumer's row, settle what waited for a connection, and take stock of the
+        orphaned deliveries."""
         started = monotonic()
         lapsed = store.beat(self.id, self.hostname, self.heartbeat.visibility_timeout).lapsed
         self._reconcile(store, lapsed or self.heartbeat.lapsed)
         self.heartbeat.lapsed = False
         self.heartbeat.renewed(started)
         self.store = store
+        self.loop = loop
         self.heartbeat.start()
         self.flush()
 
     def park(self, channels: list[Channel]) -> None:
         """The connection broke: keep the leases (the heartbeat goes on) and wait for the next
         connection of this process to adopt this consumer."""
-        self.store = None
+        self.store = self.loop = None
         self.orphans.extend(channel for channel in channels if channel.holds_messages())
         with _PARKED_LOCK:
             _PARKED.setdefault((os.getpid(), self.database), []).append(self)
@@ -101,7 +106,7 @@ class Consumer:
         everything still held, end every subscription, delete the row."""
         self.flush()
         self.heartbeat.stop()
-        store, self.store = self.store, None
+        store, self.store, self.loop = self.store, None, None
         if store is not None:
             store.retire(self.id)
 
@@ -109,10 +114,15 @@ class Consumer:
 
     def settle(self, settlement: Settlement, now: bool = True) -> None:
         """Ack, reject or release a message whose connection was lost: ``now`` if a
-        connection is up, else at the next :meth:`flush`."""
+        connection is up, else at the next :meth:`flush`. Off the thread of the event loop
+        that consumes through that connection, the loop flushes at its next turn, which this
+        starts: only its thread uses the session (see :meth:`Channel._hand_to_loop`)."""
         with self._lock:
             self._waiting.append(settlement)
-        if now and self.store is not None:
+        loop = self.loop
+        if now and loop is not None and loop.bound and not loop.on_loop_thread():
+            loop.wake()
+        elif now and self.store is not None:
             with suppress(psycopg.Error):  # kept for the next flush
                 self.flush()
 

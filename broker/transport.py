@@ -286,7 +286,7 @@ class Transport(virtual.Transport):
             # lends connections (a solo pool's worker registers a lender in its one process).
             self.store.borrow_under = None
             try:
-                consumer.attach(self.store)
+                consumer.attach(self.store, self.loop)
             except BaseException:
                 consumer.park([])  # its leases wait for the next connection, not for nobody
                 raise

@@ -4,6 +4,7 @@ and acks with no claim coming go on their own within ``ACK_HOLD``."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from broker_helpers import Connect, backlog, drain_in_loop, sql, turn_until
 from kombu import Consumer
@@ -47,3 +48,26 @@ def test_an_ack_with_no_claim_coming_goes_on_its_own_within_the_hold(
         turn_until(hub, lambda: acks_alone == [1], "the held ack")
         assert sql(db_url, QUEUED) == [(5,)]
         assert len(received) == 4
+
+
+def test_acks_from_pool_threads_never_join_a_claim_in_flight(
+        db_url: str, connect: Connect, looped) -> None:
+    # Given 300 messages queued, and a consumer in the event loop whose messages are run and
+    # acked on two other threads, as a threads pool runs and acks them
+    queue = backlog(connect, "threads", 300)
+    conn, hub = looped()
+    runs: dict[int, int] = {}
+    pool = ThreadPoolExecutor(2)
+
+    def run(body: dict[str, int], message: Message) -> None:
+        runs[body["n"]] = runs.get(body["n"], 0) + 1
+        pool.submit(message.ack)
+
+    # When it drains them, its loop claiming while those threads ack on the same session
+    with Consumer(conn, [queue], callbacks=[run], prefetch_count=4):
+        turn_until(hub, lambda: sql(db_url, QUEUED) == [(0,)], "the backlog to be acked", 60)
+    pool.shutdown()
+
+    # Then every ack was recorded (none went into a claim's transaction and was lost with
+    # it, none wedged the session), and each message ran once
+    assert runs == {n: 1 for n in range(300)}

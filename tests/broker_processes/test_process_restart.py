@@ -9,10 +9,12 @@ from tests.polling import wait_until
 pytestmark = pytest.mark.acceptance
 
 
-def test_postgres_restart_during_a_drain_runs_each_task_once(private_procs):
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_postgres_restart_during_a_drain_runs_each_task_once(private_procs, pool: str):
     procs, server = private_procs
-    # Given a worker draining a queue on a server of its own
-    procs.workers.start("drainer", concurrency=2)
+    # Given a worker draining a queue on a server of its own (a threads pool acks on its
+    # threads, while the event loop claims on the same connection)
+    procs.workers.start("drainer", concurrency=2, pool=pool)
     keys = [f"task-{n}" for n in range(500)]
     procs.publish(keys, seconds=0.01)
     wait_until(lambda: sum(procs.runs.done_per_key().values()) >= 50, 60,
