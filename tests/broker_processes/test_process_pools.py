@@ -2,12 +2,14 @@
 
 Their tasks finish without any socket of the event loop becoming readable (in the loop itself,
 or on a pool thread). With the safety-net poll set to a minute, a backlog of several prefetch
-windows drains only if each freed window wakes the loop.
+windows drains only if each freed window wakes the loop. And a threads pool, whose tasks ack on
+its own threads, still records every ack when the worker stops warm.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -29,4 +31,26 @@ def test_a_backlog_drains_without_waiting_for_the_poll(procs, pool: str, concurr
     # Then it drains the whole backlog well within one poll, each task exactly once
     wait_until(lambda: procs.runs.all_done(keys), POLL / 2, "the backlog to drain",
                procs.workers.logs)
+    assert procs.runs.done_per_key() == {key: 1 for key in keys}
+
+
+def test_a_threads_pool_worker_stopped_warm_records_what_it_finished(procs):
+    # Given a threads-pool worker running two slow tasks, with more queued behind them
+    keys = [f"warm-{n}" for n in range(6)]
+    procs.publish(keys, seconds=2.0)
+    worker = procs.workers.start("warm", concurrency=2, pool="threads")
+    wait_until(lambda: len(procs.runs.running()) == 2, 30, "two tasks to be running",
+               procs.workers.logs)
+
+    # When it is told to stop (SIGTERM: Celery's warm shutdown lets running tasks finish,
+    # and they ack on the pool's threads while the worker winds down)
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(timeout=60)
+    finished = sum(procs.runs.done_per_key().values())
+
+    # Then another worker runs what was left, and nothing the first one finished runs again
+    procs.workers.start("after", concurrency=2)
+    wait_until(lambda: procs.runs.all_done(keys), 60, "the rest to run", procs.workers.logs)
+    procs.settle()
+    assert finished >= 2
     assert procs.runs.done_per_key() == {key: 1 for key in keys}
