@@ -87,6 +87,7 @@ class Channel(virtual.Channel):
         self._acks_since = 0.0
         # Outcomes recorded on other threads (a threads pool's), for the loop's thread to send.
         self._handed: deque[Callable[[], None]] = deque()
+        self._handing_closed = False  # closing: the loop runs no more of them
         # What pool children handed over for the messages of those acks (broker.riders).
         self._records: list[Record] = []
         # Queues this channel's consumer is busy on (publishing there wakes nobody), and
@@ -108,6 +109,7 @@ class Channel(virtual.Channel):
         super().close()
 
     def _flush_before_close(self) -> None:
+        self._handing_closed = True
         self.take_handed()
         if not self._acks:
             return
@@ -120,6 +122,7 @@ class Channel(virtual.Channel):
     def orphan(self, consumer: Consumer | None) -> None:
         """The connection was lost: close without a word to the database, keeping every lease
         for ``consumer``, through which later acks and rejects now go."""
+        self._handing_closed = True
         self.take_handed()
         self._orphaned = True
         self._adopter = consumer
@@ -194,12 +197,25 @@ class Channel(virtual.Channel):
             return False
         self._handed.append(call)
         connection.wake()
-        return True
+        if not self._handing_closed:
+            return True
+        # The channel began closing meanwhile, and its last take_handed may have come and gone.
+        try:
+            self._handed.remove(call)
+        except ValueError:
+            return True  # that take_handed ran it
+        return False
 
     def take_handed(self) -> None:
-        """Run, on the loop's thread, what other threads left for it (:meth:`_hand_to_loop`)."""
+        """Run, on the loop's thread, what other threads left for it (:meth:`_hand_to_loop`).
+        An outcome the database refuses is logged, as it would have been on its own thread,
+        rather than stopping the loop."""
         while self._handed:
-            self._handed.popleft()()
+            try:
+                self._handed.popleft()()
+            except psycopg.Error as exc:
+                logger.error("pgjobs broker: could not record a message's outcome (%s)",
+                             first_line(exc))
 
     def _settle_on_loop(self, operation: Callable[[Store, list[int], uuid.UUID], None],
                         tags: list[int]) -> None:

@@ -73,6 +73,7 @@ class Consumer:
         self.store: Store | None = None
         # The event loop of the connection that consumes through ``store``, if it has one.
         self.loop: LoopBinding | None = None
+        self._consuming_thread = 0  # the thread that attached it to ``store``
         self.orphans: list[Channel] = []
         self._waiting: list[Settlement] = []
         self._lock = threading.Lock()
@@ -90,6 +91,7 @@ class Consumer:
         self.heartbeat.renewed(started)
         self.store = store
         self.loop = loop
+        self._consuming_thread = threading.get_ident()
         self.heartbeat.start()
         self.flush()
 
@@ -114,17 +116,20 @@ class Consumer:
 
     def settle(self, settlement: Settlement, now: bool = True) -> None:
         """Ack, reject or release a message whose connection was lost: ``now`` if a
-        connection is up, else at the next :meth:`flush`. Off the thread of the event loop
-        that consumes through that connection, the loop flushes at its next turn, which this
-        starts: only its thread uses the session (see :meth:`Channel._hand_to_loop`)."""
+        connection is up, else at the next :meth:`flush`. Off the thread that consumes through
+        that connection (a threads pool's), that thread flushes at its next turn, which this
+        starts in an event loop: only it uses the session (see :meth:`Channel._hand_to_loop`),
+        also while a reconnected worker is adopting this consumer before its loop is back."""
         with self._lock:
             self._waiting.append(settlement)
-        loop = self.loop
-        if now and loop is not None and loop.bound and not loop.on_loop_thread():
-            loop.wake()
-        elif now and self.store is not None:
-            with suppress(psycopg.Error):  # kept for the next flush
-                self.flush()
+        if not now or self.store is None:
+            return
+        if threading.get_ident() != self._consuming_thread:
+            if self.loop is not None:
+                self.loop.wake()
+            return
+        with suppress(psycopg.Error):  # kept for the next flush
+            self.flush()
 
     def flush(self) -> None:
         """Record the outcomes still waiting, in order. On a failure the rest wait for the
