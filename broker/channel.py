@@ -109,8 +109,7 @@ class Channel(virtual.Channel):
         super().close()
 
     def _flush_before_close(self) -> None:
-        self._handing_closed = True
-        self.take_handed()
+        self._take_handed_last()
         if not self._acks:
             return
         try:
@@ -122,8 +121,7 @@ class Channel(virtual.Channel):
     def orphan(self, consumer: Consumer | None) -> None:
         """The connection was lost: close without a word to the database, keeping every lease
         for ``consumer``, through which later acks and rejects now go."""
-        self._handing_closed = True
-        self.take_handed()
+        self._take_handed_last()
         self._orphaned = True
         self._adopter = consumer
         self._acks, acks = [], self._acks
@@ -175,14 +173,14 @@ class Channel(virtual.Channel):
         """Requeue at once, or move to the dead-letter table."""
         records = riders.take([tag])
         if requeue:
-            self._settle_on_loop(_carrying(Store.release, records), [tag])
+            self._settle(_carrying(Store.release, records), [tag])
         else:
-            self._settle_on_loop(lambda store, tags, consumer: store.dead_letter(
+            self._settle(lambda store, tags, consumer: store.dead_letter(
                 tags[0], REJECTED, consumer, records), [tag])
 
     def release(self, tags: list[int]) -> None:
         """Put back the messages among ``tags`` that this channel's consumer still holds."""
-        self._settle_on_loop(_carrying(Store.release, riders.take(tags)), tags)
+        self._settle(_carrying(Store.release, riders.take(tags)), tags)
 
     # -- outcomes from other threads ---------------------------------------------------------
 
@@ -206,6 +204,12 @@ class Channel(virtual.Channel):
             return True  # that take_handed ran it
         return False
 
+    def _take_handed_last(self) -> None:
+        """The channel is closing: run what was handed over, and have later callers of
+        :meth:`_hand_to_loop` run theirs themselves."""
+        self._handing_closed = True
+        self.take_handed()
+
     def take_handed(self) -> None:
         """Run, on the loop's thread, what other threads left for it (:meth:`_hand_to_loop`).
         An outcome the database refuses is logged, as it would have been on its own thread,
@@ -216,11 +220,6 @@ class Channel(virtual.Channel):
             except psycopg.Error as exc:
                 logger.error("pgjobs broker: could not record a message's outcome (%s)",
                              first_line(exc))
-
-    def _settle_on_loop(self, operation: Callable[[Store, list[int], uuid.UUID], None],
-                        tags: list[int]) -> None:
-        if not self._hand_to_loop(lambda: self._settle(operation, tags)):
-            self._settle(operation, tags)
 
     def _settle(self, operation: Callable[[Store, list[int], uuid.UUID], None],
                 tags: list[int]) -> None:
@@ -237,7 +236,10 @@ class Channel(virtual.Channel):
 
     def _settle_now(self, operation: Callable[[Store, list[int], uuid.UUID], None],
                     tags: list[int]) -> None:
-        """On this connection, or, while it is lost, as soon as it is back."""
+        """On this connection (by the loop's thread: :meth:`_hand_to_loop`), or, while it is
+        lost, as soon as it is back."""
+        if self._hand_to_loop(lambda: self._settle_now(operation, tags)):
+            return
         consumer = self._consumer()
         outage = self.connection.outage
         if outage.ready():
