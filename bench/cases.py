@@ -115,15 +115,17 @@ def fill(stage: Stage, plan: Plan, broker: str, count: int, queues: Sequence[str
 
 
 def produce(plan: Plan, broker: str, processes: int, count: int, queues: Sequence[str] = (),
-            options: dict[str, Any] | None = None, warm_up: bool = True) -> float:
+            options: dict[str, Any] | None = None, warm_up: bool = True,
+            transport: dict[str, Any] | None = None) -> float:
     """Tasks per second of ``processes`` producer processes publishing ``count`` no-op tasks
     in all, each with a ``delay()`` loop (``apply_async(**options)``), started together; from
     the first one's start to the last one's end. With ``warm_up``, each first publishes one
-    untimed task of its own."""
+    untimed task of its own. ``transport`` adds to the broker's transport options."""
     context = multiprocessing.get_context("spawn")  # no broker connection crosses a fork
     barrier, out = context.Barrier(processes), context.SimpleQueue()
     children = [context.Process(target=_producer, args=(
-        plan, broker, share, tuple(queues), options or {}, warm_up, barrier, out))
+        plan, broker, share, tuple(queues), options or {}, transport or {}, warm_up, barrier,
+        out))
         for share in spread(count, processes)]
     for child in children:
         child.start()
@@ -141,10 +143,14 @@ def produce(plan: Plan, broker: str, processes: int, count: int, queues: Sequenc
 
 
 def _producer(plan: Plan, broker: str, count: int, queues: tuple[str, ...],
-              options: dict[str, Any], warm_up: bool, barrier: Any, out: Any) -> None:
+              options: dict[str, Any], transport: dict[str, Any], warm_up: bool,
+              barrier: Any, out: Any) -> None:
     """One producer process: reports ``(started, ended, error)``."""
     try:
         app = plan.app(broker)
+        if transport:
+            app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                                 **transport}
         task = app.tasks[NOOP]
         if warm_up:
             task.apply_async(**options)

@@ -11,6 +11,10 @@ together; the rate is from the first one's start to the last one's end. The brok
 turns, ``--rounds`` times (median); no worker runs. Every message must then be queued
 exactly once. Targets: pgjobs with ``--producers`` at least 0.9x Redis with as many, and
 more than pgjobs with one.
+
+pgjobs also runs with the transport option ``synchronous_commit: "off"`` (``pgjobs sc=off``),
+which does not wait for each publish's commit to reach the disk, so that the run shows what
+that flush costs on this machine beside what it costs to wait for PostgreSQL at all.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from bench import cases  # noqa: E402
 from bench.cases import BROKERS, Comparison, Size, Stage  # noqa: E402
 
 VERSUS_REDIS = 0.9
+#: pgjobs publishing without waiting for the flush of each commit.
+COMMIT_OFF = "pgjobs sc=off"
+RUNS = (*BROKERS, COMMIT_OFF)
 SIZES = (
     Size("--produced", 8000, "Tasks published in all, by one producer or by many."),
     Size("--producers", 8, "Producer processes publishing at once.", low=2),
@@ -35,9 +42,12 @@ SIZES = (
 )
 
 
-def rate(stage: Stage, broker: str, processes: int, count: int, turn: int) -> float:
-    plan = stage.variant(f"p{processes}r{turn}")
-    measured = cases.produce(plan, broker, processes, count)
+def rate(stage: Stage, run: str, processes: int, count: int, turn: int) -> float:
+    """Tasks per second of ``run`` (a broker, or :data:`COMMIT_OFF`)."""
+    broker, transport = ("pgjobs", {"synchronous_commit": "off"}) if run == COMMIT_OFF else (
+        run, None)
+    plan = stage.variant(f"{'off-' if transport else ''}p{processes}r{turn}")
+    measured = cases.produce(plan, broker, processes, count, transport=transport)
     cases.expect_queued(plan, broker, count + processes)  # and each producer's warm-up
     return measured
 
@@ -46,16 +56,20 @@ def compare_producers(stage: Stage, count: int, many: int, rounds: int) -> Compa
     rates: dict[tuple[str, int], list[float]] = {}
     for turn in range(rounds):
         for processes in (1, many):
-            for broker in BROKERS:
-                rates.setdefault((broker, processes), []).append(
-                    rate(stage, broker, processes, count, turn))
+            for run in RUNS:
+                rates.setdefault((run, processes), []).append(
+                    rate(stage, run, processes, count, turn))
     figures: dict[str, list[float | None]] = {
-        broker: [statistics.median(rates[broker, n]) for n in (1, many)] for broker in BROKERS}
+        run: [statistics.median(rates[run, n]) for n in (1, many)] for run in RUNS}
     result = Comparison("producers", f"{many} producer processes vs 1, delay() loops",
-                        "tasks/s", ["1 producer", f"{many} producers"], figures)
+                        "tasks/s", ["1 producer", f"{many} producers"], figures,
+                        note="sc=off: the transport option synchronous_commit off")
     return (result.check(f"pgjobs/Redis with {many}", result.versus(), ">=", VERSUS_REDIS)
             .check(f"pgjobs {many}/1", result.ratio("pgjobs"), ">", 1.0)
-            .check(f"Redis {many}/1", result.ratio("redis")))
+            .check(f"Redis {many}/1", result.ratio("redis"))
+            .check("pgjobs/Redis with 1", result.versus(0))
+            .check("sc=off/Redis with 1", result.versus(0, COMMIT_OFF))
+            .check(f"sc=off/Redis with {many}", result.versus(-1, COMMIT_OFF)))
 
 
 @click.command()
