@@ -16,9 +16,10 @@ TABLES = (
 """The tables of ``schema.sql``, in an order safe to drop."""
 
 
-STEPS = ("schema.sql", "schema_subscriptions.sql", "schema_vacuum.sql", "schema_wakeups.sql")
+STEPS = ("schema.sql", "schema_subscriptions.sql", "schema_vacuum.sql", "schema_wakeups.sql",
+         "schema_wake_one.sql")
 """The DDL files, in the order they apply (pgjobs runs them as migrations 0002, 0004, 0008,
-0010)."""
+0010, 0011)."""
 
 # A function body between $$ and $$ holds semicolons of its own.
 _BODY = re.compile(r"(\$\$.*?\$\$)", re.DOTALL)

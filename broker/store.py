@@ -136,7 +136,7 @@ class Store:
         if not current:
             raise SchemaMissing(
                 "the broker tables in this database predate this pgjobs: run `pgjobs migrate` "
-                "(Alembic revision 0010) first")
+                "(Alembic revision 0011) first")
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -369,11 +369,12 @@ class Store:
         # later, and the lock that lets a publish skip waking busy consumers would be held
         # until then.
         params["always"] = outer is not None
+        statement = "publish" if exchange else "publish_direct"
         if outer is None:
-            return int(self._one("publish", params)[0])
+            return int(self._one(statement, params)[0])
         cursor = outer.cursor()
         try:
-            cursor.execute(query("publish"), params)
+            cursor.execute(query(statement), params)
             return int(cursor.fetchone()[0])
         finally:
             cursor.close()

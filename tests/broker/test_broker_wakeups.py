@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from broker_helpers import Connect, publish, sql
-from kombu import Connection, Consumer, Queue
+from kombu import Connection, Consumer, Exchange, Queue
 from kombu.message import Message
 from psycopg import sql as pgsql
 
@@ -139,11 +139,14 @@ def test_a_consumer_that_worked_through_a_backlog_is_woken_by_the_next_publish(
     assert sorted(body["n"] for body in bodies) == list(range(6))
 
 
+@pytest.mark.parametrize("exchange", ["", "race-direct"])
 def test_a_consumer_that_starts_waiting_while_a_publish_commits_still_gets_the_message(
-        connect: Connect, db_url: str, ears: Callable[[str], psycopg.Connection]) -> None:
-    # given a consumer busy on a queue
+        connect: Connect, db_url: str, ears: Callable[[str], psycopg.Connection],
+        exchange: str) -> None:
+    # given a consumer busy on a queue (reached through the default exchange, or bound to
+    # another: each is published by a statement of its own)
     conn = connect(**ONLY_WAKEUPS)
-    queue = Queue("race")
+    queue = Queue("race", Exchange(exchange), routing_key="race")
     queue(conn.default_channel).declare()
     transport = conn.transport
     transport.start_consuming("race")
@@ -154,9 +157,9 @@ def test_a_consumer_that_starts_waiting_while_a_publish_commits_still_gets_the_m
     ear = ears("race")
     # and a publish that has read that the consumer is busy, and not committed yet
     publisher = psycopg.connect(db_url)
-    params = {**row("", "race", {"properties": {}, "body": "1"}, 2.0)._asdict(),
+    params = {**row(exchange, "race", {"properties": {}, "body": "1"}, 2.0)._asdict(),
               "always": False}
-    publisher.execute(query("publish"), params)
+    publisher.execute(query("publish" if exchange else "publish_direct"), params)
     # when the consumer finds the queue empty and starts waiting, on a session of its own
     claimed: list[Any] = []
     store = Store(db_url)
@@ -279,6 +282,6 @@ def test_a_database_without_the_newest_broker_migration_says_how_to_fix_it(
         db_url: str) -> None:
     from broker.store import SchemaMissing
 
-    sql(db_url, "DROP FUNCTION pgjobs_broker_wake(text[], text[], boolean)")
-    with pytest.raises(SchemaMissing, match=r"run `pgjobs migrate` \(Alembic revision 0010\)"):
+    sql(db_url, "DROP FUNCTION pgjobs_broker_wake_one(text, text, boolean)")
+    with pytest.raises(SchemaMissing, match=r"run `pgjobs migrate` \(Alembic revision 0011\)"):
         Store(db_url).check_schema()
