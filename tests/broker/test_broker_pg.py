@@ -468,3 +468,26 @@ def test_a_worker_warns_once_when_its_queue_table_is_not_vacuumed(
     assert len(warnings) == 1
     assert ("autovacuum_enabled = false" in warnings[0]
             or "the server runs with autovacuum = off" in warnings[0])
+
+
+
+def test_a_statement_on_another_thread_leaves_this_threads_rows_alone(db_url: str) -> None:
+    from broker.store import Store
+
+    # given one store (one session) and two queues of different lengths
+    store = Store(db_url)
+    for queue, length in (("short", 1), ("long", 3)):
+        store.declare_queue(queue, False, None)
+        for n in range(length):
+            store.publish("", queue, {"body": str(n), "properties": {}}, 0.0)
+    # when this thread's statement has run, and another thread runs one before its rows are read
+    mine = store._execute("size", {"queue": "short"})
+    theirs: list[int] = []
+    other = threading.Thread(target=lambda: theirs.append(store.size("long")))
+    other.start()
+    other.join()
+    # then each thread reads the answer to its own statement
+    try:
+        assert (mine.fetchone(), theirs) == ((1,), [3])
+    finally:
+        store.close()
