@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -64,6 +69,41 @@ def delete_redis_keys(redis_url: str, prefix: str) -> None:
     for key in client.scan_iter(match=prefix + "*", count=1000):
         client.delete(key)
     client.close()
+
+
+@contextmanager
+def durable_redis(timeout: float = 10.0) -> Iterator[str | None]:
+    """The URL of a Redis of this run's own that writes each command to its append-only file
+    and flushes it to disk before answering (``appendfsync always``): as durable as a
+    PostgreSQL commit (the Redis the benches share here saves nothing to disk at all).
+    None when ``redis-server`` is not installed. Stopped, and its files removed, after."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="pgjobs-bench-redis-") as folder:
+        port = _free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", folder,
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout
+            while not redis_reachable(url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on {url}")
+                time.sleep(0.05)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def rabbitmq_reachable(amqp_url: str) -> bool:
