@@ -230,8 +230,8 @@ FROM (SELECT queue,
 -- name: publish_direct
 -- publish through the default exchange '', which routes to the queue the routing key names
 -- (nothing is bound to it: kombu's queue_bind takes '' for amq.direct), without routing: the
--- insert and the wake-up of that one queue, at about two thirds of publish's cost on the
--- server. Returns 1, the number of copies inserted.
+-- insert and the wake-up of that one queue, with about a quarter less of the server's CPU
+-- than publish takes for the same message. Returns 1, the number of copies inserted.
 WITH inserted AS (
     INSERT INTO pgjobs_broker_message (queue, priority, visible_at, delayed, payload)
     VALUES (%(routing_key)s, %(priority)s,
