@@ -10,7 +10,7 @@ from celery import Celery, signals
 
 import broker  # noqa: F401 - registers the postgresql:// transport alias with kombu
 from config.celeryconfig import celery_config
-from config.checks import check_serving
+from config.checks import check_broker_schema, check_serving
 from config.settings import SettingsError, get_settings
 
 
@@ -31,11 +31,13 @@ except SettingsError as error:
 
 
 # Sent by both `celery worker` and `celery beat` as they import task modules, before
-# either touches the broker or the schedule.
+# either touches the broker or the schedule. A SystemExit here ends the process with its one
+# line; later, once consuming, a lost database is an outage that kombu retries.
 @signals.import_modules.connect
 def _refuse_to_start_without_database(**_: object) -> None:
     try:
         check_serving(get_settings())
+        check_broker_schema(get_settings())
     except SettingsError as error:
         raise SystemExit(f"pgjobs: {error}") from None
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from broker.store import SchemaMissing, Store
 from broker.urls import redact
 from config.errors import advice, one_line
 from config.settings import Settings, SettingsError
@@ -37,6 +38,27 @@ def check_serving(settings: Settings) -> None:
     if settings.broker_url and settings.broker_is_postgres:
         _connected(settings.broker_url, "BROKER_URL",
                    lambda conn: pooled("BROKER_URL") if _through_pooler(conn) else None)
+
+
+def check_broker_schema(settings: Settings) -> None:
+    """Raise SettingsError, one line naming the broker's database and `pgjobs migrate`, when
+    that database lacks the broker tables or their newest migration. The transport checks the
+    same on every connect, but kombu takes its refusal for an outage and retries for ever;
+    here, before anything consumes or publishes, it is final. A database that cannot be
+    reached now is left to the transport, which retries and says so."""
+    if not settings.broker_is_postgres:
+        return
+    url = settings.require_broker_url()
+    store = Store(with_connect_timeout(url))
+    try:
+        store.check_schema()
+    except SchemaMissing as error:
+        name = "BROKER_URL" if settings.broker_url else "DATABASE_URL"
+        raise SettingsError(f"{name} ({redact(url)}): {error}") from None
+    except psycopg.Error:
+        return
+    finally:
+        store.close()
 
 
 def _connected(url: str, name: str,
