@@ -2,13 +2,15 @@
 
 Selecting it in Celery::
 
-    broker_url = "postgresql://user:pass@host:5432/db"     # or ...?host=/unix/socket/dir
+    broker_url = "postgresql://user@host:5432/db"    # or ...?host=/unix/socket/dir
+    broker_password = "pass"                         # or in the URL: user:pass@host
     broker_transport = "broker.transport:Transport"
     broker_transport_options = {"visibility_timeout": 60}
 
-The URL is handed to libpq as is (any libpq URI works). The tables come from Alembic
-migration 0002 (``pgjobs migrate``); a database without them is reported as a connection
-error naming the fix, and retried.
+The URL is handed to libpq as is (any libpq URI works), with ``broker_password`` added when
+set: Celery shows a broker URL whole in ``inspect stats``, but a password given apart nowhere.
+The tables come from Alembic migration 0002 (``pgjobs migrate``); a database without them is
+reported as a connection error naming the fix, and retried.
 
 Features: direct, topic and fanout exchanges stored in the database (so routing, broadcast,
 ``celery inspect``/``control`` and events work across processes and hosts); priorities
@@ -127,7 +129,7 @@ from broker.outage import Outage
 from broker.riders import Record
 from broker.schedule import Schedule
 from broker.store import Promotion, SchemaMissing, Store, fault_budget, first_line
-from broker.urls import redact
+from broker.urls import redact, with_password
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +192,9 @@ class Transport(virtual.Transport):
         return psycopg.__version__
 
     def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
-        return uri if include_password else redact(uri, mask)
+        if not include_password:
+            return redact(uri, mask)
+        return with_password(uri, self.client.password) if "://" in uri else uri
 
     @property
     def consumer_id(self) -> Any:
@@ -488,9 +492,10 @@ def _warn_once_if_unvacuumed(store: Store) -> None:
 
 
 def _conninfo(client: Any) -> str:
-    """libpq connection string of a kombu client: its URL, or its separate fields."""
+    """libpq connection string of a kombu client: its URL, with the password given apart
+    (Celery's ``broker_password``) if any, or its separate fields."""
     hostname = client.hostname or "localhost"
     if "://" in hostname:
-        return hostname
+        return with_password(hostname, client.password or None)
     return make_conninfo(host=hostname, port=client.port or 5432, user=client.userid or None,
                          password=client.password or None, dbname=client.virtual_host or None)

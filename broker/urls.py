@@ -14,6 +14,7 @@ password), it masks too much rather than too little.
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -35,15 +36,62 @@ def redact(url: str, mask: str = "**") -> str:
 def _mask_user_part(url: str, mask: str) -> str:
     """Mask what lies between the user name's ``:`` and the last ``@``: hosts, ports and
     database names never hold an ``@``, so the password cannot reach past it."""
+    span = _user_password(url)
+    if span is None:
+        return url
+    start, end = span
+    return f"{url[:start]}{mask}{url[end:]}"
+
+
+def _user_password(url: str) -> tuple[int, int] | None:
+    """Where the password of the user part lies in ``url``, or None when it names none."""
     start = url.find("://")
     start = 0 if start < 0 else start + 3
     at = url.rfind("@", start)
     if at < 0:
-        return url
+        return None
     user, colon, password = url[start:at].partition(":")
     if not colon or not password:
+        return None
+    return start + len(user) + 1, at
+
+
+# password=... as a URL parameter, with the separator that joins it to the next one.
+_QUERY_PASSWORD_PARAMETER = re.compile(r"(?<=[?&])password=[^&#]*&?", re.IGNORECASE)
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password, and the password (decoded), or None when it names none.
+
+    Celery and kombu print a broker URL in places that do not mask it (``inspect stats``
+    shows it whole), but never a password given apart (kombu's ``password``, Celery's
+    ``broker_password``). A URL whose password cannot be taken out is given back whole."""
+    password = _libpq_password(url)
+    if password is None:
+        return url, None
+    span = _user_password(url)
+    stripped = url if span is None else f"{url[:span[0] - 1]}{url[span[1]:]}"
+    stripped, removed = _QUERY_PASSWORD_PARAMETER.subn("", stripped)
+    stripped = stripped.rstrip("?&") if removed else stripped
+    if _libpq_password(stripped) is not None or stripped == url:
+        return url, None
+    return stripped, password
+
+
+def with_password(url: str, password: str | None) -> str:
+    """``url`` with ``password`` as a URL parameter (it wins over one in the user part)."""
+    if password is None:
         return url
-    return f"{url[:start]}{user}:{mask}{url[at:]}"
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}password={quote(password, safe='')}"
+
+
+def _libpq_password(url: str) -> str | None:
+    """The password libpq reads from ``url``; None when there is none or it cannot parse it."""
+    try:
+        return conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        return None
 
 
 def direct_url(value: object, setting: str) -> str | None:

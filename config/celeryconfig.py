@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.urls import split_password
 from config.settings import Settings
 from config.urls import sqlalchemy_url
 
@@ -14,15 +15,19 @@ from config.urls import sqlalchemy_url
 def broker_options(settings: Settings) -> dict[str, Any]:
     """The broker: pgjobs' PostgreSQL transport (``broker/``) on BROKER_URL (by default the
     same database), or RabbitMQ when BROKER_URL is an ``amqp://`` URL."""
-    broker_url = settings.require_broker_url()
     if not settings.broker_is_postgres:
-        return {"broker_url": broker_url}
+        # kombu's AMQP transport takes the URL apart, and Celery shows its password nowhere.
+        return {"broker_url": settings.require_broker_url(), "broker_password": None}
+    # The password goes apart, where Celery hides it: it shows the transport's URL whole in
+    # `inspect stats`, as that transport parses its URL itself.
+    broker_url, password = split_password(settings.require_broker_url())
     options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout,
                                "prepared_statements": settings.prepared_statements}
     if settings.database_direct_url and not settings.broker_url:
         options["direct_url"] = settings.database_direct_url
     return {
         "broker_url": broker_url,
+        "broker_password": password,
         "broker_transport": "broker.transport:Transport",
         "broker_transport_options": options,
     }
@@ -46,8 +51,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # pgjobs' result backend (broker/results) on the same database: waiters are woken by
         # NOTIFY, chords are joined in the transaction that stores their parts.
         "result_backend": "broker.results:PostgresBackend+" + database_url,
+        # Unset, the direct URLs default to the URLs above: set, Celery would show their
+        # passwords (it masks no nested option, nor beat_lock_dburi).
         "result_backend_transport_options": {
-            "direct_url": settings.require_direct_url(),
+            "direct_url": settings.database_direct_url,
             "prepared_statements": settings.prepared_statements,
         },
         "result_extended": True,
@@ -57,6 +64,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_scheduler": "beat.scheduler:Scheduler",
         "beat_dburi": sqlalchemy_url(database_url),
-        "beat_lock_dburi": sqlalchemy_url(settings.require_direct_url()),
+        "beat_lock_dburi": (sqlalchemy_url(settings.database_direct_url)
+                            if settings.database_direct_url else None),
         "beat_max_loop_interval": 5,
     }

@@ -1,6 +1,6 @@
 """Celery's own tools against pgjobs' broker, with a real worker: ``inspect report``,
-``conf`` and ``scheduled`` (which lists the ETA tasks waiting in PostgreSQL), and the
-other inspect and control commands."""
+``conf`` and ``scheduled`` (which lists the ETA tasks waiting in PostgreSQL), the other
+inspect and control commands, and none of them showing the database password."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from processes import nodename
+from processes import Processes, nodename, process_env
+from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.acceptance
+
+# The test server trusts local connections, so any password gets in: only its display matters.
+PASSWORD = "s3cretpw"
 
 
 def replies(result) -> dict:
@@ -71,3 +75,37 @@ def test_other_inspect_and_control_commands_answer(processes):
     processes.celery("control", "shutdown", "-d", node)
     assert worker.popen.wait(timeout=60) == 0
     assert "Got shutdown from remote" in worker.text()
+
+
+@pytest.fixture
+def processes_with_password(app_db: str, tmp_path):
+    """Real processes on the test's database, reached with a password in DATABASE_URL."""
+    url = make_url(app_db).set(password=PASSWORD).render_as_string(hide_password=False)
+    started = Processes(process_env(url), tmp_path)
+    try:
+        yield started
+    finally:
+        started.kill_all()
+
+
+def test_no_celery_tool_shows_the_database_password(processes_with_password):
+    processes = processes_with_password
+    # Given a worker started with a password in DATABASE_URL
+    worker = processes.worker("guarded")
+    node = nodename("guarded")
+
+    # When Celery's reporting tools are run against it
+    report = processes.celery("report")
+    answers = {command: processes.celery("inspect", command, "--json", "-d", node)
+               for command in ("conf", "report", "stats")}
+
+    # Then each succeeds, and neither they nor the worker's banner show the password
+    assert report.returncode == 0, report.stderr
+    assert "broker.transport:Transport" in report.stdout
+    for command, result in answers.items():
+        assert replies(result)[node], command
+    shown = {"report": report.stdout + report.stderr, "worker banner": worker.text()}
+    shown |= {f"inspect {command}": result.stdout + result.stderr
+              for command, result in answers.items()}
+    assert "transport:" in shown["worker banner"]
+    assert [name for name, text in shown.items() if PASSWORD in text] == []
