@@ -7,12 +7,14 @@ nothing.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
+from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy_celery_beat.models import PeriodicTask
@@ -111,15 +113,52 @@ def _clocked(at: str, timezone: str) -> ClockedSpec:
     return spec
 
 
-def _check_task(task: str, force: bool) -> None:
-    """Refuse a task name the app does not know, a typo that would fail at every run."""
+def _check_task(task: str, force: bool, args: list, kwargs: dict) -> None:
+    """Refuse a task name the app does not know, or arguments its task does not take:
+    mistakes that would fail at every run."""
     from config.celery import app
 
     for module in (*app.conf.imports, *app.conf.include):
         app.loader.import_task_module(module)
-    if not force and task not in app.tasks:
+    if force:
+        return
+    if task not in app.tasks:
         raise SpecError(f"--task {task!r} is not a task this app knows; check the name, "
                         "or give --force to schedule a task defined elsewhere")
+    _check_arguments(app.tasks[task], args, kwargs)
+
+
+def _check_arguments(task: Task, args: list, kwargs: dict) -> None:
+    """Celery's own check, as ``apply_async`` makes it: the task's ``__header__`` has its
+    signature (only with ``typing``, Celery's switch for the check)."""
+    check = getattr(task, "__header__", None) if task.typing else None
+    if check is None:
+        return
+    try:
+        check(*args, **kwargs)
+    except TypeError as error:
+        raise SpecError(
+            f"--args/--kwargs do not fit task {task.name}{_parameters(task)}: "
+            f"{_reason(task, args, kwargs, error)}; fix them, or give --force to schedule "
+            "them as they are") from None
+
+
+def _reason(task: Task, args: list, kwargs: dict, error: TypeError) -> str:
+    """Why, in the terms of the parameters shown: Celery's message counts a bound task's
+    ``self`` among the positional arguments."""
+    try:
+        inspect.signature(task.run).bind(*args, **kwargs)
+    except TypeError as reason:
+        return str(reason)
+    return str(error)
+
+
+def _parameters(task: Task) -> inspect.Signature:
+    """The task's parameters, without annotations: ``(email, name, code)``."""
+    signature = inspect.signature(task.run)
+    return signature.replace(return_annotation=signature.empty, parameters=[
+        parameter.replace(annotation=parameter.empty)
+        for parameter in signature.parameters.values()])
 
 
 @schedule.command()
@@ -134,7 +173,8 @@ def _check_task(task: str, force: bool) -> None:
 @click.option("--timezone", default=None, help="IANA zone for --cron/--at (default TIMEZONE).")
 @click.option("--catch-up", "catch_up", type=click.Choice(CATCH_UP_CHOICES), default="once",
               show_default=True, help="After downtime: run once, or skip missed runs.")
-@click.option("--force", is_flag=True, help="Accept a --task this app does not define.")
+@click.option("--force", is_flag=True, help="Accept a --task this app does not define, or "
+              "--args/--kwargs its signature does not take.")
 def add(name: str, task: str, cron: str | None, every: int | None, at: str | None,
         args_json: str, kwargs_json: str, queue: str | None, timezone: str | None,
         catch_up: str, force: bool) -> None:
@@ -145,7 +185,7 @@ def add(name: str, task: str, cron: str | None, every: int | None, at: str | Non
             schedule=_schedule_spec(cron, every, at, timezone or get_settings().timezone),
             args=parse_json("--args", args_json, list),
             kwargs=parse_json("--kwargs", kwargs_json, dict))
-        _check_task(task, force)
+        _check_task(task, force, spec.args, spec.kwargs)
         store.add_entries(session, [spec], only_missing=False)
     click.echo(f"added {name}")
 

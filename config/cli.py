@@ -9,7 +9,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from beat.cli import schedule
 from broker.urls import redact
-from config.errors import database_error
+from config.errors import advice, one_line
+from config.ops.common import OneLineCommand
 from config.settings import Settings, SettingsError, get_settings
 
 
@@ -20,28 +21,48 @@ def _settings() -> Settings:
         raise click.ClickException(str(error)) from None
 
 
-def _direct_url() -> str:
-    """DATABASE_DIRECT_URL (or DATABASE_URL): migrations hold a session's advisory lock."""
+def _direct_url() -> tuple[str, str]:
+    """DATABASE_DIRECT_URL (or DATABASE_URL), and the name of the one it is: migrations
+    hold a session's advisory lock."""
     try:
-        return _settings().require_direct_url()
+        current = _settings()
+        setting = "DATABASE_DIRECT_URL" if current.database_direct_url else "DATABASE_URL"
+        return current.require_direct_url(), setting
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
 
 
-def _prepare(database_url: str) -> None:
-    """Bring the schema up to date and install the default schedule entries."""
+def _prepare(database_url: str, setting: str = "DATABASE_URL") -> tuple[str | None, str | None]:
+    """Bring the schema up to date and install the default schedule entries; the revisions
+    before and after. Failures are one line naming ``setting``, the URL's own name."""
     from beat.schedule import sync_default_entries
-    from config.checks import check_database
     from config.migrate import upgrade
 
     try:
-        check_database(database_url)
-        upgrade(database_url)
+        _check_reachable(database_url, setting)
+        revisions = upgrade(database_url)
         sync_default_entries(database_url)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
     except SQLAlchemyError as error:
-        raise click.ClickException(f"database error: {database_error(error)}") from None
+        fix = advice(error, setting)
+        raise click.ClickException(
+            f"database error: {one_line(error)}{f'; {fix}' if fix else ''}") from None
+    return revisions
+
+
+def _check_reachable(url: str, setting: str) -> None:
+    """One line naming ``setting`` (password masked) when PostgreSQL cannot be reached."""
+    import psycopg
+
+    from config.checks import unreachable
+    from config.urls import with_connect_timeout
+
+    try:
+        with psycopg.connect(with_connect_timeout(url)):
+            pass
+    except psycopg.Error as error:
+        raise SettingsError(unreachable(url, error, setting)) from None
 
 
 @click.group()
@@ -49,20 +70,28 @@ def main() -> None:
     """pgjobs: background jobs on Celery with PostgreSQL as the only service."""
 
 
-@main.command()
+@main.command(cls=OneLineCommand)
 def migrate() -> None:
     """Create or upgrade every pgjobs table. Safe to run twice, or from two hosts at once."""
-    url = _direct_url()
-    _prepare(url)
-    click.echo("pgjobs: database is up to date")
+    url, setting = _direct_url()
+    before, after = _prepare(url, setting)
+    click.echo(_migrated(before, after))
     _hint_grants(url)
+
+
+def _migrated(before: str | None, after: str | None) -> str:
+    """What ``pgjobs migrate`` did, in one line."""
+    if before == after:
+        return "pgjobs: database is up to date"
+    if before is None:
+        return f"pgjobs: created the pgjobs tables (revision {after})"
+    return f"pgjobs: migrated the database from revision {before} to {after}"
 
 
 def _hint_grants(url: str) -> None:
     """Name the roles granted before that this release's tables need granting to again."""
     import psycopg
 
-    from config.errors import one_line
     from config.grants import roles_behind
 
     try:
@@ -76,8 +105,9 @@ def _hint_grants(url: str) -> None:
                    f"run `pgjobs grant {role}`")
 
 
-@main.command()
-@click.option("--concurrency", "-c", default=2, show_default=True, help="Worker processes.")
+@main.command(cls=OneLineCommand)
+@click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Worker processes.")
 @click.option("--no-beat", is_flag=True, help="Run the worker only.")
 def dev(concurrency: int, no_beat: bool) -> None:
     """Run a worker and beat locally; with no DATABASE_URL, on an embedded PostgreSQL."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 
 from config.urls import sqlalchemy_url
 
@@ -22,17 +23,26 @@ def alembic_config() -> Config:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "head") -> tuple[str | None, str | None]:
     """Upgrade the database at ``database_url`` to ``revision``, holding an advisory lock so
-    that two release phases never migrate at once."""
+    that two release phases never migrate at once. Returns the revisions it found and left
+    (None for a database without pgjobs' tables); equal when nothing was applied."""
     engine = sa.create_engine(sqlalchemy_url(database_url), poolclass=sa.NullPool)
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
+            before = current_revision(connection)
             connection.commit()
             cfg = alembic_config()
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)
+            after = current_revision(connection)
             connection.commit()
     finally:
         engine.dispose()
+    return before, after
+
+
+def current_revision(connection: sa.Connection) -> str | None:
+    """The revision the database is at, or None before the first migration."""
+    return MigrationContext.configure(connection).get_current_revision()

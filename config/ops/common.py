@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,26 @@ from config.errors import one_line
 from config.settings import Settings, SettingsError, get_settings
 
 T = TypeVar("T")
+
+LIST_LIMIT = 100_000
+"""The most rows a ``list`` command prints (``--limit``)."""
+ROW_ID = click.IntRange(1, 2**63 - 1)
+"""A row id: a positive PostgreSQL ``bigint``."""
+
+
+class Bounded(click.FloatRange):
+    """A number from ``low`` to ``high``: click's FloatRange, which lets NaN through (it
+    compares false with every bound), refusing it too. Both bounds are required, so
+    infinity is refused as well; click's help shows the range."""
+
+    def __init__(self, low: float, high: float, *, low_open: bool = False) -> None:
+        super().__init__(min=low, max=high, min_open=low_open)
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value} is not in the range {self._describe_range()}.", param, ctx)
+        return number
 
 
 class OneLineCommand(click.Command):

@@ -13,10 +13,21 @@ from collections.abc import Callable, Sequence
 import click
 
 from broker.admin import Admin, DeadLetter, chunks
-from config.ops.common import OneLineGroup, admin, batched_progress, echo_json, iso
+from config.ops.common import (
+    LIST_LIMIT,
+    ROW_ID,
+    Bounded,
+    OneLineGroup,
+    admin,
+    batched_progress,
+    echo_json,
+    iso,
+)
 
 BATCH = 1000
 """Dead letters moved or deleted per statement (each commits on its own)."""
+MAX_AGE_DAYS = 36500
+"""The largest ``purge --older-than``: a hundred years."""
 
 
 @click.group(cls=OneLineGroup)
@@ -27,7 +38,7 @@ def dead() -> None:
 
 @dead.command(name="list")
 @click.option("--queue", help="Only this queue.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, LIST_LIMIT), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True,
               help="A JSON list of {id, queue, task, task_id, reason, deliveries, died_at}.")
 def list_(queue: str | None, limit: int, as_json: bool) -> None:
@@ -55,7 +66,7 @@ def _line(letter: DeadLetter) -> str:
 
 
 @dead.command()
-@click.argument("ids", nargs=-1, type=int)
+@click.argument("ids", nargs=-1, type=ROW_ID)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter (of --queue).")
 @click.option("--queue", help="Only this queue.")
 def retry(ids: tuple[int, ...], all_: bool, queue: str | None) -> None:
@@ -65,10 +76,10 @@ def retry(ids: tuple[int, ...], all_: bool, queue: str | None) -> None:
 
 
 @dead.command()
-@click.argument("ids", nargs=-1, type=int)
+@click.argument("ids", nargs=-1, type=ROW_ID)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter (of --queue).")
 @click.option("--queue", help="Only this queue.")
-@click.option("--older-than", "older_than", type=click.FloatRange(min=0, min_open=True),
+@click.option("--older-than", "older_than", type=Bounded(0, MAX_AGE_DAYS, low_open=True),
               metavar="DAYS", help="Only those that died more than DAYS ago.")
 def purge(ids: tuple[int, ...], all_: bool, queue: str | None,
           older_than: float | None) -> None:

@@ -22,6 +22,7 @@ import psycopg
 from broker import in_transaction
 from broker.admin import chunks
 from config.ops.common import (
+    LIST_LIMIT,
     OneLineGroup,
     batched_progress,
     database_errors,
@@ -65,7 +66,7 @@ def failed() -> None:
 @failed.command(name="list")
 @click.option("--task", help="Only this task name, e.g. tasks.send_sign_in_email.")
 @click.option("--since", help="Only those that failed since: 30m, 6h, 2d, or an ISO-8601 time.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, LIST_LIMIT), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of "
               "{task_id, task, date_done, error, queue, retries, worker}.")
 def list_(task: str | None, since: str | None, limit: int, as_json: bool) -> None:
@@ -86,18 +87,26 @@ def parse_since(text: str | None) -> datetime | None:
     """``--since`` as a naive UTC time (``celery_taskmeta.date_done`` holds UTC)."""
     if text is None:
         return None
+    try:
+        aware = _moment(text)
+        return aware.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # a duration, or a time zone's offset, beyond year 1 or 9999
+        raise click.ClickException(
+            f"--since {text!r} falls outside the years 1 to 9999 (UTC); give a shorter "
+            "duration (30m, 6h, 2d) or an ISO-8601 time within them") from None
+
+
+def _moment(text: str) -> datetime:
     match = _DURATION.match(text.strip())
     if match:
-        moment = datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: float(match[1])})
-    else:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise click.ClickException(
-                f"--since {text!r} is neither a duration (30m, 6h, 2d) nor an ISO-8601 time"
-            ) from None
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).replace(tzinfo=None)
+        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.ClickException(
+            f"--since {text!r} is neither a duration (30m, 6h, 2d) nor an ISO-8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _failed(row: tuple[Any, ...]) -> Failed:

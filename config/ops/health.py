@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from config.ops import snapshot as snap
-from config.ops.common import OneLineGroup, admin, settings
+from config.ops.common import Bounded, OneLineGroup, admin, settings
 
 
 @click.group(cls=OneLineGroup)
@@ -29,7 +29,7 @@ def health() -> None:
 @health.command()
 @click.option("--hostname", metavar="NODE", help="This worker only, e.g. celery@web-1 "
               "(the worker's -n); default: any worker.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--timeout", type=Bounded(0.1, 3600), default=5.0, show_default=True,
               help="Seconds to wait for the ping's answer.")
 def worker(hostname: str | None, timeout: float) -> None:
     """A worker with a fresh heartbeat answers a ping within --timeout."""
@@ -75,7 +75,7 @@ def _ping(nodename: str | None, timeout: float) -> list[str]:
 
 
 @health.command()
-@click.option("--max-age", "max_age", type=click.FloatRange(min=1), default=30.0,
+@click.option("--max-age", "max_age", type=Bounded(1, 86400), default=30.0,
               show_default=True, help="Seconds since the leader's last pass.")
 def beat(max_age: float) -> None:
     """A beat holds the leader lock and its last pass is recent."""

@@ -45,11 +45,13 @@ from beat import store as beat_store
 from broker.admin import Admin
 from config.errors import one_line
 from config.ops import snapshot as snap
-from config.ops.common import OneLineCommand, database_url, settings
+from config.ops.common import Bounded, OneLineCommand, database_errors, database_url, settings
 from config.ops.queries import QUERIES
 from config.urls import sqlalchemy_url
 
 STATES = ("ready", "scheduled", "in_flight", "dead")
+MAX_RESULTS_WINDOW = 366 * 24 * 3600
+"""The longest ``--results-window``: a year."""
 
 
 class DatabaseCollector(Collector):
@@ -136,14 +138,16 @@ def _beat_metrics(current: snap.Snapshot) -> Iterator[Metric]:
 @click.command(cls=OneLineCommand)
 @click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
 @click.option("--address", default="0.0.0.0", show_default=True, help="Address to bind.")
-@click.option("--results-window", "results_window", type=click.FloatRange(min=1),
+@click.option("--results-window", "results_window", type=Bounded(1, MAX_RESULTS_WINDOW),
               default=3600.0, show_default=True,
               help="Seconds of finished tasks counted in pgjobs_task_results.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Count task outcomes and run times from the workers' events.")
 def metrics(port: int, address: str, results_window: float, events: bool) -> None:
     """Serve Prometheus metrics on http://ADDRESS:PORT/metrics until interrupted."""
-    collector = DatabaseCollector(database_url(), settings().visibility_timeout, results_window)
+    url = database_url()
+    _check_reachable(url)
+    collector = DatabaseCollector(url, settings().visibility_timeout, results_window)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     try:
@@ -162,6 +166,13 @@ def metrics(port: int, address: str, results_window: float, events: bool) -> Non
     finally:
         server.shutdown()
         collector.close()
+
+
+def _check_reachable(url: str) -> None:
+    """A database that cannot be reached at start is one line and exit 1, as for every
+    command; once serving, an outage reads as ``pgjobs_database_up 0`` until it ends."""
+    with database_errors(url), psycopg.connect(url, connect_timeout=5):
+        pass
 
 
 def _count_task_events(registry: CollectorRegistry) -> None:

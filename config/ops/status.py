@@ -13,6 +13,7 @@ from beat import store as beat_store
 from broker.admin import Admin
 from config.ops import snapshot as snap
 from config.ops.common import (
+    Bounded,
     OneLineCommand,
     broker_database_url,
     database_errors,
@@ -22,12 +23,14 @@ from config.ops.common import (
 )
 from config.urls import sqlalchemy_url
 
+MAX_WATCH_SECONDS = 86400
+"""The longest --watch interval: a day."""
 QUEUE_COLUMNS = ("QUEUE", "READY", "SCHEDULED", "IN FLIGHT", "DEAD", "OLDEST READY")
 
 
 @click.command(cls=OneLineCommand)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (shape in the README).")
-@click.option("--watch", type=click.FloatRange(min=0.5), metavar="SECONDS",
+@click.option("--watch", type=Bounded(0.5, MAX_WATCH_SECONDS), metavar="SECONDS",
               help="Repeat every SECONDS until interrupted.")
 def status(as_json: bool, watch: float | None) -> None:
     """Queue depths, live workers, the beat leader and the next schedule runs."""

@@ -47,6 +47,15 @@ def add_tick(name: str = "tick", *extra: str):
     (["add", "x", "--task", TASK, "--at", "9999-06-01T00:00:00Z"], "is too far ahead"),
     (["add", "x", "--task", "tasks.nope", "--every", "5"],
      "--task 'tasks.nope' is not a task this app knows"),
+    (["add", "x", "--task", "tasks.delete_old_data", "--every", "60", "--kwargs", '{"nope": 1}'],
+     "--args/--kwargs do not fit task tasks.delete_old_data(dry_run=False): got an "
+     "unexpected keyword argument 'nope'"),
+    (["add", "x", "--task", "tasks.delete_old_data", "--every", "60", "--args", "[1,2,3]"],
+     "do not fit task tasks.delete_old_data(dry_run=False): too many positional arguments"),
+    (["add", "x", "--task", "tasks.send_sign_in_email", "--every", "60", "--kwargs",
+      '{"email": "a@example.com"}'],
+     "do not fit task tasks.send_sign_in_email(email, name, code): missing a required "
+     "argument: 'name'"),
     (["add", "x", "--task", TASK, "--at", "tomorrow"], "not an ISO-8601 time"),
     (["add", "x", "--task", TASK, "--at", "2001-01-01T00:00:00Z"], "is in the past"),
     (["add", "x", "--task", TASK], "give exactly one of --cron, --every or --at"),
@@ -156,6 +165,21 @@ def test_a_task_the_app_defines_is_accepted_and_force_accepts_any_other(app_db: 
     assert rows(app_db, "SELECT name, task FROM celery_periodictask WHERE name <> "
                 "'delete_old_data' ORDER BY name") == [
         ("cleanup", "tasks.delete_old_data"), ("elsewhere", "tasks.nope")]
+
+
+def test_arguments_the_task_takes_are_accepted_and_force_accepts_others(app_db: str) -> None:
+    # Given the app's own task: When it is added with arguments it takes, and with others
+    # under --force (a signature about to change, say)
+    fits = invoke("add", "dry", "--task", "tasks.delete_old_data", "--every", "60",
+                  "--kwargs", '{"dry_run": true}')
+    forced = invoke("add", "next", "--task", "tasks.delete_old_data", "--every", "60",
+                    "--kwargs", '{"batch": 5}', "--force")
+
+    # Then both are stored as given
+    assert (fits.exit_code, forced.exit_code) == (0, 0), fits.output + forced.output
+    assert rows(app_db, "SELECT name, kwargs FROM celery_periodictask WHERE name IN "
+                "('dry', 'next') ORDER BY name") == [
+        ("dry", '{"dry_run": true}'), ("next", '{"batch": 5}')]
 
 
 def test_pause_resume_remove(app_db: str) -> None:

@@ -125,7 +125,14 @@ def test_purge_by_id_all_and_age(cli, conn, sql):
     (["purge"], "give dead letter ids, or --all"),
     (["retry", "abc"], "'abc' is not a valid integer"),
     (["purge", "--all", "--older-than", "-1"], "--older-than"),
+    (["purge", "--all", "--older-than", "nan"],
+     "'--older-than': nan is not in the range 0<x<=36500"),
+    (["purge", "--all", "--older-than", "inf"], "'--older-than': inf is not in the range"),
+    (["purge", "--all", "--older-than", "1e308"], "'--older-than': 1e+308 is not in the range"),
+    (["purge", "99999999999999999999"], "99999999999999999999 is not in the range"),
     (["list", "--limit", "0"], "--limit"),
+    (["list", "--limit", "99999999999999999999"],
+     "'--limit': 99999999999999999999 is not in the range 1<=x<=100000"),
 ])
 def test_bad_input_is_one_line(cli, args, complaint):
     assert complaint in one_line_error(cli("dead", *args))

@@ -101,6 +101,11 @@ def test_retry_all_sends_each_once_and_skips_those_without_arguments(cli, sql):
     (["retry", "fine"], "no failed task fine"),
     (["list", "--since", "yesterday"], "--since 'yesterday' is neither a duration"),
     (["list", "--limit", "-1"], "--limit"),
+    (["list", "--limit", "99999999999999999999"],
+     "'--limit': 99999999999999999999 is not in the range 1<=x<=100000"),
+    (["list", "--since", "99999999d"], "--since '99999999d' falls outside the years 1 to 9999"),
+    (["list", "--since", "99999999999999999999m"], "falls outside the years 1 to 9999"),
+    (["list", "--since", "9999-12-31T23:59:59-05:00"], "falls outside the years 1 to 9999"),
 ])
 def test_bad_input_is_one_line_and_sends_nothing(cli, sql, args, complaint):
     sql(SEED)

@@ -49,7 +49,11 @@ def test_no_worker_is_unhealthy(cli):
 @pytest.mark.parametrize(("args", "complaint"), [
     (["worker", "--hostname", "web-1"], "'web-1' is not a worker node name"),
     (["worker", "--timeout", "0"], "--timeout"),
+    (["worker", "--timeout", "nan"], "'--timeout': nan is not in the range 0.1<=x<=3600"),
+    (["worker", "--timeout", "inf"], "'--timeout': inf is not in the range"),
     (["beat", "--max-age", "x"], "'x' is not a valid float"),
+    (["beat", "--max-age", "nan"], "'--max-age': nan is not in the range 1<=x<=86400"),
+    (["beat", "--max-age", "1e308"], "'--max-age': 1e+308 is not in the range"),
     (["nurse"], "No such command 'nurse'"),
 ])
 def test_bad_input_is_one_line(cli, args, complaint):

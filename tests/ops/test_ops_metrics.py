@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import psycopg
 import pytest
 from ops_helpers import one_line_error
 from processes import BIN
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql as pgsql
+from sqlalchemy.engine import make_url
 
 from tests.polling import wait_until
 from tests.tasks.task_helpers import free_port
@@ -70,11 +76,67 @@ def test_a_scrape_reads_queues_workers_beat_and_results(processes, sql):
     assert not any(name == "pgjobs_beat_leader" for name, _ in samples)
 
 
-def test_an_unreachable_database_reads_as_down(processes):
-    processes.env["DATABASE_URL"] = "postgresql://u@127.0.0.1:1/db"
+@contextmanager
+def outage(server_url: str, database_url: str) -> Iterator[None]:
+    """The database refuses connections, and its open ones are ended, until the block ends."""
+    name = make_url(database_url).database
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+            pgsql.Identifier(name)))
+        try:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+            yield
+        finally:
+            conn.execute(pgsql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+                pgsql.Identifier(name)))
+
+
+def test_an_outage_while_serving_reads_as_down_until_it_ends(processes, app_db, pg_server_url):
+    # Given a metrics server that started on a reachable database
     port = free_port()
-    serve(processes, port)
-    assert scrape(port) == {("pgjobs_database_up", ()): 0}
+    server = serve(processes, port)
+    assert scrape(port)[("pgjobs_database_up", ())] == 1
+
+    # When the database becomes unreachable, Then the server keeps serving, reading as down
+    with outage(pg_server_url, app_db):
+        assert scrape(port) == {("pgjobs_database_up", ()): 0}
+
+    # And once it is back, the server reconnects
+    wait_until(lambda: scrape(port)[("pgjobs_database_up", ())] == 1, 30,
+               "the metrics server to reconnect", server.tail)
+
+
+@pytest.mark.parametrize(("database", "advice"), [
+    ("no server", "check that PostgreSQL is running"),
+    ("no such database", "create that database"),
+])
+def test_an_unreachable_database_at_start_is_one_line_and_exit_1(processes, pg_server_url,
+                                                                 database, advice):
+    # Given a DATABASE_URL that cannot be reached: no server there, or no such database
+    url = ("postgresql://u:secret@127.0.0.1:1/db" if database == "no server"
+           else make_url(pg_server_url).set(database="pgjobs_no_such_database", password="secret")
+           .render_as_string(hide_password=False))
+    env = {**processes.env, "DATABASE_URL": url}
+
+    # When the metrics server starts (a server that kept running would time out here)
+    result = subprocess.run([str(BIN / "pgjobs"), "metrics", "--port", str(free_port()),
+                             "--address", "127.0.0.1", "--no-events"], env=env,
+                            capture_output=True, text=True, timeout=60)
+
+    # Then it stops at once with the usual one line, and never served
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: DATABASE_URL: cannot connect to postgresql://")
+    assert advice in line
+    assert "secret" not in line and "serving metrics" not in result.stdout
+
+
+@pytest.mark.parametrize("window", ["nan", "inf", "0", "1e308"])
+def test_a_results_window_out_of_range_is_refused_at_start(cli, window):
+    line = one_line_error(cli("metrics", "--results-window", window, "--port", str(free_port()),
+                              "--address", "127.0.0.1"))
+    assert "'--results-window'" in line and "is not in the range 1<=x<=31622400" in line
 
 
 def test_a_port_in_use_is_one_line(cli, processes):

@@ -131,6 +131,8 @@ def test_unreachable_database_is_one_line_and_exit_1(cli):
 @pytest.mark.parametrize(("args", "complaint"), [
     (["--watch", "0"], "'--watch'"),
     (["--watch", "soon"], "'soon' is not a valid float"),
+    (["--watch", "nan"], "'--watch': nan is not in the range 0.5<=x<=86400"),
+    (["--watch", "inf"], "'--watch': inf is not in the range 0.5<=x<=86400"),
     (["--jsn"], "No such option"),
 ])
 def test_bad_input_is_one_line(cli, args, complaint):
