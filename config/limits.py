@@ -22,6 +22,8 @@ LIMITS: dict[str, Range] = {
     "visibility_timeout": Range(1, 86400, "seconds", note="1 day"),
     "result_retention_days": _DAYS,
     "sent_email_retention_days": _DAYS,
+    "dead_letter_retention_days": _DAYS,
+    "revoke_retention_days": _DAYS,
     "max_age_days": _DAYS,
     # Each batch is one transaction: huge ones hold locks and dead rows for long.
     "retention_batch_size": Range(1, 100_000, "rows", integer=True),

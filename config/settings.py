@@ -100,13 +100,13 @@ class Settings(BaseSettings):
     """SENT_EMAIL_RETENTION_DAYS: days the sent-email log is kept (default 30; 0.01 to
     36500)."""
 
-    dead_letter_retention_days: float = Field(default=14, gt=0)
+    dead_letter_retention_days: float = 14
     """DEAD_LETTER_RETENTION_DAYS: days a dead letter is kept before the nightly clean-up
-    deletes it (default 14)."""
+    deletes it (default 14; 0.01 to 36500)."""
 
-    revoke_retention_days: float = Field(default=30, gt=0)
-    """REVOKE_RETENTION_DAYS: days a revoked task id is remembered (default 30); a task
-    revoked longer ago whose ETA is still ahead would run."""
+    revoke_retention_days: float = 30
+    """REVOKE_RETENTION_DAYS: days a revoked task id is remembered (default 30; 0.01 to
+    36500); a task revoked longer ago whose ETA is still ahead would run."""
 
     retention_tables: Annotated[list[RetentionRule], NoDecode] = Field(default_factory=list)
     """RETENTION_TABLES: JSON list of extra rules for the nightly clean-up, e.g.
@@ -129,6 +129,7 @@ class Settings(BaseSettings):
     go back to their queue (default 60; 1 to 86400, one day)."""
 
     @field_validator("result_retention_days", "sent_email_retention_days",
+                     "dead_letter_retention_days", "revoke_retention_days",
                      "retention_batch_size", "visibility_timeout", mode="before")
     @classmethod
     def _check_limits(cls, value: object, info: ValidationInfo) -> float:
