@@ -83,10 +83,14 @@ def _message(error: Exception) -> str:
 
 
 def _schedule_spec(cron: str | None, every: int | None, at: str | None,
-                   timezone: str) -> Schedule:
+                   given_timezone: str | None) -> Schedule:
     if sum(option is not None for option in (cron, every, at)) != 1:
         raise SpecError("give exactly one of --cron, --every or --at")
+    timezone = given_timezone or get_settings().timezone
     check_timezone(timezone)  # a mistyped zone is an error even where it is not used
+    if every is not None and given_timezone is not None:
+        raise SpecError("--timezone applies to --cron and --at only: an --every interval is "
+                        "the same in every zone; leave --timezone out")
     if cron is not None:
         return CronSpec.parse(cron, timezone)
     if every is not None:
@@ -182,7 +186,7 @@ def add(name: str, task: str, cron: str | None, every: int | None, at: str | Non
     with _session() as session:
         spec = EntrySpec(
             name=name, task=task, queue=queue, catch_up=catch_up,
-            schedule=_schedule_spec(cron, every, at, timezone or get_settings().timezone),
+            schedule=_schedule_spec(cron, every, at, timezone),
             args=parse_json("--args", args_json, list),
             kwargs=parse_json("--kwargs", kwargs_json, dict))
         _check_task(task, force, spec.args, spec.kwargs)

@@ -33,6 +33,8 @@ def add_tick(name: str = "tick", *extra: str):
      "unknown time zone 'Mars/Olympus'"),
     (["add", "x", "--task", TASK, "--every", "5", "--timezone", "Mars/Olympus"],
      "unknown time zone 'Mars/Olympus'"),
+    (["add", "x", "--task", TASK, "--every", "5", "--timezone", "Europe/Paris"],
+     "--timezone applies to --cron and --at only"),
     (["add", "x", "--task", TASK, "--cron", "0 4 * * *", "--timezone", "posix/Europe/Paris"],
      "unknown time zone 'posix/Europe/Paris'"),
     (["add", "x", "--task", TASK, "--every", "5", "--args", "[1,"], "--args is not valid JSON"),
