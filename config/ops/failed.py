@@ -176,8 +176,9 @@ def _check(task_ids: tuple[str, ...], found: list[tuple[Any, ...]], unusable: li
                                    "(see `pgjobs failed list`)")
     named = sorted(set(task_ids) & set(unusable))
     if named:
-        raise click.ClickException(f"failed task {', '.join(named)} has no stored arguments "
-                                   "(result_extended was off); nothing was sent")
+        raise click.ClickException(
+            f"failed task {', '.join(named)} has no stored arguments (a worker that did not "
+            "know the task, or result_extended off, stores none); nothing was sent")
 
 
 def _send(conn: psycopg.Connection, retries: list[Retry]) -> int:
