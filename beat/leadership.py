@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from beat import queries
+from broker.urls import password_for
 from config.errors import one_line
 
 logger = logging.getLogger("beat.leadership")
@@ -94,6 +95,17 @@ def default_identity() -> str:
     return f"pgjobs-beat:{socket.gethostname()}:{os.getpid()}"[:63]
 
 
+def _with_remembered_password(sqlalchemy_url: str) -> sa.URL:
+    """``sqlalchemy_url`` with the password kept apart for it (``broker.urls.remember_password``)
+    when it names none: Celery shows ``beat_lock_dburi`` whole in ``inspect conf`` and
+    ``celery report``, so pgjobs sets it without one."""
+    url = sa.make_url(sqlalchemy_url)
+    if url.password is not None:
+        return url
+    libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return url.set(password=password_for(libpq))
+
+
 class Leadership:
     """The leader lock and lease of one beat process.
 
@@ -107,7 +119,7 @@ class Leadership:
         self.identity = identity or default_identity()
         self.times = times
         self._engine = sa.create_engine(
-            sqlalchemy_url, poolclass=sa.NullPool,
+            _with_remembered_password(sqlalchemy_url), poolclass=sa.NullPool,
             connect_args={**_KEEPALIVE_ARGS, "application_name": self.identity},
         )
         self._connection: sa.Connection | None = None

@@ -64,7 +64,9 @@ Transport options (``broker_transport_options``), with defaults:
     A URL that reaches PostgreSQL itself, for the LISTEN connection, which needs a session of
     its own. Set it when the broker URL points at a PgBouncer in transaction mode: everything
     else (publishing, claims, acks, heartbeats) goes through the pooler, and no server-side
-    prepared statement or other session state is used.
+    prepared statement or other session state is used. Celery shows this option whole in
+    ``inspect stats`` and ``inspect conf``: give it without a password, and the password to
+    :func:`broker.urls.remember_password` in every process that connects.
 ``prepared_statements`` (False)
     ``True`` prepares the broker's statements on the server, so that each is parsed and
     planned once per connection instead of at every run: a publish then costs the server
@@ -129,7 +131,7 @@ from broker.outage import Outage
 from broker.riders import Record
 from broker.schedule import Schedule
 from broker.store import Promotion, SchemaMissing, Store, fault_budget, first_line
-from broker.urls import redact, with_password
+from broker.urls import redact, with_password, with_remembered_password
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +176,10 @@ class Transport(virtual.Transport):
                            self.options.fault_timeout, self.options.prepared_statements)
         # LISTEN needs a session of its own: through a transaction-pooling PgBouncer it would
         # land on whichever server connection the next client gets.
-        direct = fault_budget(self.options.direct_url or self.conninfo,
-                              self.options.connect_timeout, self.options.fault_timeout)
+        # A direct URL shown by Celery (`inspect stats`) names no password: it was kept apart.
+        listen = (with_remembered_password(self.options.direct_url)
+                  if self.options.direct_url else self.conninfo)
+        direct = fault_budget(listen, self.options.connect_timeout, self.options.fault_timeout)
         self.listener = Listener(direct)
         # Publishing in a process that lends its connections (a worker's pool child) borrows
         # one under the broker URL as given, before the fault budget and synchronous_commit

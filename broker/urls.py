@@ -9,6 +9,10 @@ libpq takes a password in three places, and :func:`redact` masks all three:
 It never parses strictly, so a malformed URL (the very one an error message is about) is
 masked too. Where the end of the user part is ambiguous (a raw ``@``, ``/`` or ``?`` in a
 password), it masks too much rather than too little.
+
+A password that must not sit in a URL Celery shows (a ``direct_url`` option) is kept apart
+with :func:`remember_password`, and put back by the connection that needs it
+(:func:`with_remembered_password`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import re
 from urllib.parse import quote
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 # ?password=... and &sslpassword=... in a URL; the value ends at the next parameter.
 _QUERY_PASSWORD = re.compile(r"(?<=[?&])((?:ssl)?password)=[^&#]*", re.IGNORECASE)
@@ -84,6 +88,47 @@ def with_password(url: str, password: str | None) -> str:
         return url
     separator = "&" if "?" in url else "?"
     return f"{url}{separator}password={quote(password, safe='')}"
+
+
+# Passwords given apart from their URLs, by the identity of what they open (see
+# remember_password). Per process: the worker's pool children inherit it by fork.
+_PASSWORDS: dict[tuple[str | None, ...], str] = {}
+# What a .pgpass line matches on: the same server, database and role take the same password.
+_IDENTITY = ("host", "hostaddr", "port", "dbname", "user")
+
+
+def remember_password(url: str, password: str | None) -> None:
+    """Keep ``password`` for the connections this process opens to ``url`` (a URL without
+    it), for a URL that must sit where Celery shows it whole: ``inspect stats`` prints the
+    transport options as they are, and ``inspect conf`` masks no ``direct_url``. Connections
+    whose URL names no password take it from here (:func:`password_for`)."""
+    key = _identity(url)
+    if password is not None and key is not None:
+        _PASSWORDS[key] = password
+
+
+def password_for(url: str) -> str | None:
+    """The password remembered for ``url``'s server, port, database and user, if any."""
+    key = _identity(url)
+    return None if key is None else _PASSWORDS.get(key)
+
+
+def with_remembered_password(url: str) -> str:
+    """``url`` with the password remembered for it, when it names none itself."""
+    password = password_for(url)
+    if password is None or _libpq_password(url) is not None:
+        return url
+    if "://" not in url:  # a key=value string
+        return make_conninfo(url, password=password)
+    return with_password(url, password)
+
+
+def _identity(url: str) -> tuple[str | None, ...] | None:
+    try:
+        parameters = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return None
+    return tuple(parameters.get(name) for name in _IDENTITY)
 
 
 def _libpq_password(url: str) -> str | None:

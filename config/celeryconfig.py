@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.urls import split_password
+from broker.urls import remember_password, split_password
 from config.settings import Settings
 from config.urls import sqlalchemy_url
 
@@ -24,13 +24,27 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout,
                                "prepared_statements": settings.prepared_statements}
     if settings.database_direct_url and not settings.broker_url:
-        options["direct_url"] = settings.database_direct_url
+        options["direct_url"] = direct_url(settings)
     return {
         "broker_url": broker_url,
         "broker_password": password,
         "broker_transport": "broker.transport:Transport",
         "broker_transport_options": options,
     }
+
+
+def direct_url(settings: Settings) -> str | None:
+    """DATABASE_DIRECT_URL without its password, which is remembered for this process's
+    LISTEN connections, results' LISTEN connection and beat's leader lock instead
+    (:func:`broker.urls.remember_password`): Celery shows those URLs whole (``inspect stats``
+    prints the transport options unfiltered; ``inspect conf`` and ``celery report`` mask no
+    ``direct_url`` nor ``beat_lock_dburi``). Every process that connects builds its Celery
+    configuration here, and a worker's pool children inherit the password by fork."""
+    if not settings.database_direct_url:
+        return None
+    url, password = split_password(settings.database_direct_url)
+    remember_password(url, password)
+    return url
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -51,10 +65,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # pgjobs' result backend (broker/results) on the same database: waiters are woken by
         # NOTIFY, chords are joined in the transaction that stores their parts.
         "result_backend": "broker.results:PostgresBackend+" + database_url,
-        # Unset, the direct URLs default to the URLs above: set, Celery would show their
-        # passwords (it masks no nested option, nor beat_lock_dburi).
+        # Unset, the direct URLs default to the URLs above; set, they name no password (see
+        # direct_url).
         "result_backend_transport_options": {
-            "direct_url": settings.database_direct_url,
+            "direct_url": direct_url(settings),
             "prepared_statements": settings.prepared_statements,
         },
         "result_extended": True,
@@ -64,7 +78,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_scheduler": "beat.scheduler:Scheduler",
         "beat_dburi": sqlalchemy_url(database_url),
-        "beat_lock_dburi": (sqlalchemy_url(settings.database_direct_url)
+        "beat_lock_dburi": (sqlalchemy_url(direct_url(settings))
                             if settings.database_direct_url else None),
         "beat_max_loop_interval": 5,
     }

@@ -22,7 +22,9 @@ Option (``result_backend_transport_options``):
 ``direct_url`` (None: the backend's URL)
     A URL that reaches PostgreSQL itself, for the LISTEN connection of a process that waits
     for results. Set it when the backend's URL points at a PgBouncer in transaction mode;
-    storing and reading results go through the pooler.
+    storing and reading results go through the pooler. Celery shows it whole in ``inspect
+    conf``: give it without a password, and the password to
+    :func:`broker.urls.remember_password` in every process that connects.
 ``prepared_statements`` (False)
     ``True`` prepares the backend's statements on the server: storing a result then costs
     about a third as much. Only where the backend's URL reaches PostgreSQL itself (or a
@@ -55,7 +57,7 @@ from broker.results.connection import Database, run, shared
 from broker.results.privacy import stores_arguments
 from broker.results.waiting import ResultConsumer
 from broker.transport import redact
-from broker.urls import direct_url
+from broker.urls import direct_url, with_remembered_password
 
 DEFAULT_POLL_INTERVAL = 2.0
 _EXTENDED = ("name", "args", "kwargs", "worker", "retries", "queue")
@@ -88,7 +90,8 @@ def _listen_conninfo(options: dict[str, Any], url: str) -> str:
                            "result_backend_transport_options direct_url")
     except ValueError as error:
         raise ImproperlyConfigured(str(error)) from None
-    return given or url
+    # Celery shows this option whole (`inspect conf`), so its password may be kept apart.
+    return with_remembered_password(given) if given else url
 
 
 def _prepared_statements(options: dict[str, Any]) -> bool:

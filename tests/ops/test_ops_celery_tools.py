@@ -11,10 +11,14 @@ import pytest
 from processes import Processes, nodename, process_env
 from sqlalchemy.engine import make_url
 
+from tests.beat.beat_helpers import beat_command, leader_application
+from tests.polling import wait_until
+
 pytestmark = pytest.mark.acceptance
 
 # The test server trusts local connections, so any password gets in: only its display matters.
 PASSWORD = "s3cretpw"
+DIRECT_PASSWORD = "d1rectpw"
 
 
 def replies(result) -> dict:
@@ -77,35 +81,44 @@ def test_other_inspect_and_control_commands_answer(processes):
     assert "Got shutdown from remote" in worker.text()
 
 
-@pytest.fixture
-def processes_with_password(app_db: str, tmp_path):
-    """Real processes on the test's database, reached with a password in DATABASE_URL."""
-    url = make_url(app_db).set(password=PASSWORD).render_as_string(hide_password=False)
-    started = Processes(process_env(url), tmp_path)
+@pytest.fixture(params=["database-url", "database-and-direct-url"])
+def processes_with_password(request, app_db: str, tmp_path):
+    """Real processes on the test's database, reached with a password in DATABASE_URL and,
+    in the second case, another in DATABASE_DIRECT_URL (LISTEN, results, beat's lock)."""
+    env = process_env(make_url(app_db).set(password=PASSWORD).render_as_string(False))
+    if request.param == "database-and-direct-url":
+        env["DATABASE_DIRECT_URL"] = make_url(app_db).set(
+            password=DIRECT_PASSWORD).render_as_string(False)
+    started = Processes(env, tmp_path)
     try:
         yield started
     finally:
         started.kill_all()
 
 
-def test_no_celery_tool_shows_the_database_password(processes_with_password):
+def test_no_celery_tool_shows_the_database_password(processes_with_password, app_db, tmp_path):
     processes = processes_with_password
-    # Given a worker started with a password in DATABASE_URL
+    # Given a worker, and a beat that leads, started with the passwords in their URLs
     worker = processes.worker("guarded")
     node = nodename("guarded")
+    beat = processes.start("beat", *beat_command(tmp_path / "beat-schedule"))
+    wait_until(lambda: "is now the leader" in beat.text(), 60, "beat to lead", beat.tail)
+    assert (leader_application(app_db) or "").startswith("pgjobs-beat:")
 
-    # When Celery's reporting tools are run against it
+    # When Celery's reporting tools are run against them
     report = processes.celery("report")
     answers = {command: processes.celery("inspect", command, "--json", "-d", node)
                for command in ("conf", "report", "stats")}
 
-    # Then each succeeds, and neither they nor the worker's banner show the password
+    # Then each succeeds, and neither they nor the worker's and beat's logs show a password
     assert report.returncode == 0, report.stderr
     assert "broker.transport:Transport" in report.stdout
     for command, result in answers.items():
         assert replies(result)[node], command
-    shown = {"report": report.stdout + report.stderr, "worker banner": worker.text()}
+    shown = {"report": report.stdout + report.stderr, "worker log": worker.text(),
+             "beat log": beat.text()}
     shown |= {f"inspect {command}": result.stdout + result.stderr
               for command, result in answers.items()}
-    assert "transport:" in shown["worker banner"]
-    assert [name for name, text in shown.items() if PASSWORD in text] == []
+    assert "transport:" in shown["worker log"]
+    assert [(name, password) for name, text in shown.items()
+            for password in (PASSWORD, DIRECT_PASSWORD) if password in text] == []
