@@ -33,6 +33,7 @@ from beat.specs import (
     parse_json,
 )
 from config.errors import database_error
+from config.ops.common import OneLineGroup
 from config.settings import SettingsError, get_settings
 from config.urls import sqlalchemy_url
 
@@ -41,22 +42,9 @@ MAX_EVERY_SECONDS = 10 * 365 * 24 * 3600
 LATEST_AT_YEAR = 9998
 
 
-class _OneLineCommand(click.Command):
-    """Usage mistakes print one line (``Error: ...``) instead of the usage banner."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as error:
-            raise click.ClickException(error.format_message()) from None
-
-
-@click.group()
+@click.group(cls=OneLineGroup)
 def schedule() -> None:
     """Inspect and edit the recurring schedule stored in PostgreSQL."""
-
-
-schedule.command_class = _OneLineCommand
 
 
 @contextmanager

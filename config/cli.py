@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from beat.cli import schedule
 from broker.urls import redact
 from config.errors import advice, one_line
-from config.ops.common import OneLineCommand
+from config.ops.common import OneLineCommand, OneLineGroup
 from config.settings import Settings, SettingsError, get_settings
 
 
@@ -65,7 +65,7 @@ def _check_reachable(url: str, setting: str) -> None:
         raise SettingsError(unreachable(url, error, setting)) from None
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 def main() -> None:
     """pgjobs: background jobs on Celery with PostgreSQL as the only service."""
 

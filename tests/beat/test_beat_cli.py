@@ -72,6 +72,7 @@ def add_tick(name: str = "tick", *extra: str):
     (["resume", "nope"], "no schedule entry named 'nope'"),
     (["remove", "tick", "nope"], "no schedule entry named 'nope'"),
     (["run", "nope"], "no schedule entry named 'nope'"),
+    (["nope"], "No such command 'nope'"),
 ])
 def test_bad_input_prints_one_line_exits_non_zero_and_writes_nothing(
         app_db: str, args: list[str], complaint: str) -> None:

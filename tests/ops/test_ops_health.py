@@ -60,6 +60,10 @@ def test_bad_input_is_one_line(cli, args, complaint):
     assert complaint in one_line_error(cli("health", *args))
 
 
+def test_an_unknown_command_is_one_line(cli):
+    assert "No such command 'nurse'" in one_line_error(cli("nurse"))
+
+
 def test_beat_is_healthy_while_it_leads_and_passes(cli, processes):
     # Given a beat that took the leader lock
     beat = processes.start("beat", str(BIN / "celery"), "-A", "config", "beat", "-l", "INFO")
