@@ -17,10 +17,10 @@ from config.urls import with_connect_timeout
 _BACKEND = "SELECT pg_backend_pid()"
 
 
-def check_database(url: str) -> None:
-    """Raise SettingsError naming DATABASE_URL, and what can fix it, when PostgreSQL cannot
-    be reached at ``url``."""
-    _connected(url, "DATABASE_URL", lambda conn: None)
+def check_database(url: str, name: str = "DATABASE_URL") -> None:
+    """Raise SettingsError naming the setting ``name`` (the password masked), and what can
+    fix it, when PostgreSQL cannot be reached at ``url``."""
+    _connected(url, name, lambda conn: None)
 
 
 def check_serving(settings: Settings) -> None:

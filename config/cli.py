@@ -26,8 +26,7 @@ def _direct_url() -> tuple[str, str]:
     hold a session's advisory lock."""
     try:
         current = _settings()
-        setting = "DATABASE_DIRECT_URL" if current.database_direct_url else "DATABASE_URL"
-        return current.require_direct_url(), setting
+        return current.require_direct_url(), current.direct_url_name
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
 
@@ -36,10 +35,11 @@ def _prepare(database_url: str, setting: str = "DATABASE_URL") -> tuple[str | No
     """Bring the schema up to date and install the default schedule entries; the revisions
     before and after. Failures are one line naming ``setting``, the URL's own name."""
     from beat.schedule import sync_default_entries
+    from config.checks import check_database
     from config.migrate import upgrade
 
     try:
-        _check_reachable(database_url, setting)
+        check_database(database_url, setting)
         revisions = upgrade(database_url)
         sync_default_entries(database_url)
     except SettingsError as error:
@@ -49,20 +49,6 @@ def _prepare(database_url: str, setting: str = "DATABASE_URL") -> tuple[str | No
         raise click.ClickException(
             f"database error: {one_line(error)}{f'; {fix}' if fix else ''}") from None
     return revisions
-
-
-def _check_reachable(url: str, setting: str) -> None:
-    """One line naming ``setting`` (password masked) when PostgreSQL cannot be reached."""
-    import psycopg
-
-    from config.checks import unreachable
-    from config.urls import with_connect_timeout
-
-    try:
-        with psycopg.connect(with_connect_timeout(url)):
-            pass
-    except psycopg.Error as error:
-        raise SettingsError(unreachable(url, error, setting)) from None
 
 
 @click.group(cls=OneLineGroup)

@@ -226,10 +226,11 @@ def grant_command(role: str, signal_backend: bool) -> None:
     """Give an existing ROLE what workers, beats, producers and the operator commands need,
     and no DDL. Run it as `pgjobs migrate` runs, and again after upgrades."""
     try:
-        url = settings().require_direct_url()
+        current = settings()
+        url = current.require_direct_url()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
-    with database_errors(url):
+    with database_errors(url, current.direct_url_name):
         try:
             granted = grant(url, role, signal_backend=signal_backend)
         except GrantError as error:

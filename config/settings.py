@@ -214,6 +214,11 @@ class Settings(BaseSettings):
         """DATABASE_DIRECT_URL, or DATABASE_URL when it is unset."""
         return self.database_direct_url or self.require_database_url()
 
+    @property
+    def direct_url_name(self) -> str:
+        """The setting :meth:`require_direct_url` reads, for messages about that URL."""
+        return "DATABASE_DIRECT_URL" if self.database_direct_url else "DATABASE_URL"
+
     def require_broker_url(self) -> str:
         """BROKER_URL, or DATABASE_URL when it is unset."""
         return self.broker_url or self.require_database_url()

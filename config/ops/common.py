@@ -94,17 +94,18 @@ def broker_database_url() -> str:
 
 
 @contextmanager
-def database_errors(url: str) -> Iterator[None]:
-    """Turn a database failure into one line naming the fix, exit status 1."""
+def database_errors(url: str, name: str = "DATABASE_URL") -> Iterator[None]:
+    """Turn a database failure into one line naming the fix (and ``name``, the setting that
+    holds ``url``, when it cannot be reached), exit status 1."""
     try:
         yield
     except psycopg.OperationalError as error:
-        raise click.ClickException(unreachable(url, error)) from None
+        raise click.ClickException(unreachable(url, error, name)) from None
     except psycopg.errors.UndefinedTable as error:
         raise click.ClickException(f"{one_line(error)}: run `pgjobs migrate` first") from None
     except (psycopg.Error, SQLAlchemyError) as error:
         if isinstance(getattr(error, "orig", None), psycopg.OperationalError):
-            raise click.ClickException(unreachable(url, error)) from None
+            raise click.ClickException(unreachable(url, error, name)) from None
         raise click.ClickException(f"database error: {one_line(error)}") from None
 
 

@@ -1,4 +1,4 @@
-"""``pgjobs migrate``: what it applied, and which URL it could not reach."""
+"""``pgjobs migrate``: what it applied, and which URL it (or ``pgjobs grant``) could not reach."""
 
 from __future__ import annotations
 
@@ -54,9 +54,10 @@ def test_an_upgrade_names_both_revisions(cli, empty_database):
         f"pgjobs: migrated the database from revision {head.down_revision} to {head.revision}")
 
 
-def test_an_unreachable_direct_url_is_named_as_such(cli):
-    # Given a DATABASE_DIRECT_URL (which migrations use) that cannot be reached
-    result = cli("migrate", env={"DATABASE_DIRECT_URL": "postgresql://postgres:pw@127.0.0.1:1/x"})
+@pytest.mark.parametrize("command", [["migrate"], ["grant", "somebody"]])
+def test_an_unreachable_direct_url_is_named_as_such(cli, command):
+    # Given a DATABASE_DIRECT_URL (which migrations and grants use) that cannot be reached
+    result = cli(*command, env={"DATABASE_DIRECT_URL": "postgresql://postgres:pw@127.0.0.1:1/x"})
 
     # Then the one line names DATABASE_DIRECT_URL, never DATABASE_URL, and masks the password
     line = one_line_error(result)
