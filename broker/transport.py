@@ -131,7 +131,7 @@ from broker.outage import Outage
 from broker.riders import Record
 from broker.schedule import Schedule
 from broker.store import Promotion, SchemaMissing, Store, fault_budget, first_line
-from broker.urls import redact, with_password, with_remembered_password
+from broker.urls import redact, with_password
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +176,8 @@ class Transport(virtual.Transport):
                            self.options.fault_timeout, self.options.prepared_statements)
         # LISTEN needs a session of its own: through a transaction-pooling PgBouncer it would
         # land on whichever server connection the next client gets.
-        # A direct URL shown by Celery (`inspect stats`) names no password: it was kept apart.
-        listen = (with_remembered_password(self.options.direct_url)
-                  if self.options.direct_url else self.conninfo)
-        direct = fault_budget(listen, self.options.connect_timeout, self.options.fault_timeout)
+        direct = fault_budget(self.options.direct_url or self.conninfo,
+                              self.options.connect_timeout, self.options.fault_timeout)
         self.listener = Listener(direct)
         # Publishing in a process that lends its connections (a worker's pool child) borrows
         # one under the broker URL as given, before the fault budget and synchronous_commit

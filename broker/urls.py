@@ -140,8 +140,10 @@ def _libpq_password(url: str) -> str | None:
 
 
 def direct_url(value: object, setting: str) -> str | None:
-    """A ``direct_url`` option (a libpq URL or key=value string), or None when unset;
-    ValueError naming ``setting`` when libpq cannot parse it."""
+    """A ``direct_url`` option (a libpq URL or key=value string) ready to connect with, or
+    None when unset; ValueError naming ``setting`` when libpq cannot parse it. Celery shows
+    the option whole, so a password kept apart for it is put back here
+    (:func:`with_remembered_password`)."""
     if value in (None, ""):
         return None
     try:
@@ -149,4 +151,4 @@ def direct_url(value: object, setting: str) -> str | None:
     except psycopg.ProgrammingError:
         raise ValueError(f"{setting} is not a PostgreSQL URL: {redact(str(value))}; expected "
                          "postgresql://user:pass@host:5432/db") from None
-    return str(value)
+    return with_remembered_password(str(value))

@@ -57,7 +57,7 @@ from broker.results.connection import Database, run, shared
 from broker.results.privacy import stores_arguments
 from broker.results.waiting import ResultConsumer
 from broker.transport import redact
-from broker.urls import direct_url, with_remembered_password
+from broker.urls import direct_url
 
 DEFAULT_POLL_INTERVAL = 2.0
 _EXTENDED = ("name", "args", "kwargs", "worker", "retries", "queue")
@@ -90,8 +90,7 @@ def _listen_conninfo(options: dict[str, Any], url: str) -> str:
                            "result_backend_transport_options direct_url")
     except ValueError as error:
         raise ImproperlyConfigured(str(error)) from None
-    # Celery shows this option whole (`inspect conf`), so its password may be kept apart.
-    return with_remembered_password(given) if given else url
+    return given or url
 
 
 def _prepared_statements(options: dict[str, Any]) -> bool:
