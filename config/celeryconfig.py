@@ -12,9 +12,10 @@ from config.settings import Settings
 from config.urls import sqlalchemy_url
 
 
-def broker_options(settings: Settings) -> dict[str, Any]:
+def broker_options(settings: Settings, direct: str | None) -> dict[str, Any]:
     """The broker: pgjobs' PostgreSQL transport (``broker/``) on BROKER_URL (by default the
-    same database), or RabbitMQ when BROKER_URL is an ``amqp://`` URL."""
+    same database), or RabbitMQ when BROKER_URL is an ``amqp://`` URL; ``direct`` is
+    :func:`direct_url`'s."""
     if not settings.broker_is_postgres:
         # kombu's AMQP transport takes the URL apart, and Celery shows its password nowhere.
         return {"broker_url": settings.require_broker_url(), "broker_password": None}
@@ -23,8 +24,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     broker_url, password = split_password(settings.require_broker_url())
     options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout,
                                "prepared_statements": settings.prepared_statements}
-    if settings.database_direct_url and not settings.broker_url:
-        options["direct_url"] = direct_url(settings)
+    if direct and not settings.broker_url:
+        options["direct_url"] = direct
     return {
         "broker_url": broker_url,
         "broker_password": password,
@@ -50,8 +51,9 @@ def direct_url(settings: Settings) -> str | None:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting pgjobs relies on, in one dict."""
     database_url = settings.require_database_url()
+    direct = direct_url(settings)
     return {
-        **broker_options(settings),
+        **broker_options(settings, direct),
         "broker_connection_retry_on_startup": True,
         # JSON only: pickle would let anyone who can write a message run code in a worker.
         "accept_content": ["json"],
@@ -68,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Unset, the direct URLs default to the URLs above; set, they name no password (see
         # direct_url).
         "result_backend_transport_options": {
-            "direct_url": direct_url(settings),
+            "direct_url": direct,
             "prepared_statements": settings.prepared_statements,
         },
         "result_extended": True,
@@ -78,7 +80,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_scheduler": "beat.scheduler:Scheduler",
         "beat_dburi": sqlalchemy_url(database_url),
-        "beat_lock_dburi": (sqlalchemy_url(direct_url(settings))
-                            if settings.database_direct_url else None),
+        "beat_lock_dburi": sqlalchemy_url(direct) if direct else None,
         "beat_max_loop_interval": 5,
     }
