@@ -118,6 +118,17 @@ def db_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_db() -> Iterator[str]:
+    """A database that was never migrated: no tables at all. Dropped afterwards."""
+    name = f"pgjobs_empty_{uuid.uuid4().hex[:12]}"
+    _admin(_SERVER_URL, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _database_url(_SERVER_URL, name)
+    finally:
+        _drop_database(name)
+
+
+@pytest.fixture
 def app_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Point settings and the Celery app at this test's database."""
     from config import celery as celery_module

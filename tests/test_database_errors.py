@@ -6,13 +6,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy.engine import make_url
 
 BIN = Path(sys.executable).parent
@@ -94,24 +91,10 @@ def test_a_missing_role_is_told_to_check_the_user_not_to_migrate(
     assert "hunter2" not in line
 
 
-@pytest.fixture
-def empty_database(pg_server_url: str) -> Iterator[str]:
-    name = f"pgjobs_unmigrated_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield url_with(pg_server_url, database=name)
-    finally:
-        with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def test_missing_tables_are_told_to_migrate(empty_database: str, tmp_path: Path) -> None:
+def test_missing_tables_are_told_to_migrate(empty_db: str, tmp_path: Path) -> None:
     # Given a database that exists but was never migrated
     # When the schedule is listed
-    line = one_line_failure(pgjobs(empty_database, "schedule", "list", cwd=tmp_path))
+    line = one_line_failure(pgjobs(empty_db, "schedule", "list", cwd=tmp_path))
 
     # Then, and only then, the advice is `pgjobs migrate`
     assert "does not exist" in line

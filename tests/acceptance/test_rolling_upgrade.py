@@ -14,14 +14,9 @@ import subprocess
 import sys
 import tarfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
-from sqlalchemy.engine import make_url
 
 from tests.acceptance.conftest import Processes
 from tests.acceptance.deploy_scenario import codes
@@ -65,19 +60,6 @@ def previous_release(tmp_path: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tree, filter="data")
     return tree
-
-
-@pytest.fixture
-def empty_db(pg_server_url: str) -> Iterator[str]:
-    name = f"pgjobs_t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 def _run(env: dict[str, str], cwd: Path, *argv: str) -> None:

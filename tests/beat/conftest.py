@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from beat_helpers import beat_command
-from psycopg import sql
-from sqlalchemy.engine import make_url
 
 
 @pytest.fixture
@@ -32,17 +28,6 @@ def make_scheduler(app_db: str) -> Iterator[Callable[..., object]]:
     yield make
     for scheduler in made:
         scheduler.close()
-
-
-@pytest.fixture
-def empty_db(pg_server_url: str) -> Iterator[str]:
-    """A database that was never migrated: no tables at all. Dropped afterwards."""
-    name = f"pgjobs_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 from ops_helpers import one_line_error
-from psycopg import sql
-from sqlalchemy.engine import make_url
 
 from config.migrate import alembic_config, upgrade
-
-
-@pytest.fixture
-def empty_database(pg_server_url: str) -> Iterator[str]:
-    """A database without any pgjobs table, dropped afterwards."""
-    name = f"pgjobs_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def migrate(cli, url: str) -> str:
@@ -34,23 +15,23 @@ def migrate(cli, url: str) -> str:
     return result.stdout.splitlines()[0]
 
 
-def test_each_run_says_what_it_applied(cli, empty_database):
+def test_each_run_says_what_it_applied(cli, empty_db):
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
     # When an empty database is migrated, Then it says the tables were created, and at which
     # revision; When migrated again, Then there was nothing to do
-    assert migrate(cli, empty_database) == f"pgjobs: created the pgjobs tables (revision {head})"
-    assert migrate(cli, empty_database) == "pgjobs: database is up to date"
+    assert migrate(cli, empty_db) == f"pgjobs: created the pgjobs tables (revision {head})"
+    assert migrate(cli, empty_db) == "pgjobs: database is up to date"
 
 
-def test_an_upgrade_names_both_revisions(cli, empty_database):
+def test_an_upgrade_names_both_revisions(cli, empty_db):
     # Given a database one revision behind
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_revision(script.get_current_head())
-    upgrade(empty_database, head.down_revision)
+    upgrade(empty_db, head.down_revision)
 
     # When it is migrated, Then it names where it was and where it is now
-    assert migrate(cli, empty_database) == (
+    assert migrate(cli, empty_db) == (
         f"pgjobs: migrated the database from revision {head.down_revision} to {head.revision}")
 
 
