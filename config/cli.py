@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from beat.cli import schedule
 from broker.urls import redact
-from config.errors import advice, one_line
+from config.errors import database_error, one_line
 from config.ops.common import OneLineCommand, OneLineGroup
 from config.settings import Settings, SettingsError, get_settings
 
@@ -45,9 +45,7 @@ def _prepare(database_url: str, setting: str = "DATABASE_URL") -> tuple[str | No
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
     except SQLAlchemyError as error:
-        fix = advice(error, setting)
-        raise click.ClickException(
-            f"database error: {one_line(error)}{f'; {fix}' if fix else ''}") from None
+        raise click.ClickException(f"database error: {database_error(error, setting)}") from None
     return revisions
 
 

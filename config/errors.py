@@ -47,7 +47,7 @@ def advice(error: BaseException, setting: str = "DATABASE_URL") -> str | None:
     return _REACH_ADVICE.replace("DATABASE_URL", setting)
 
 
-def database_error(error: BaseException) -> str:
-    """``error`` in one line, followed by its advice when there is one."""
-    fix = advice(error)
+def database_error(error: BaseException, setting: str = "DATABASE_URL") -> str:
+    """``error`` in one line, followed by its advice (naming ``setting``) when there is one."""
+    fix = advice(error, setting)
     return f"{one_line(error)}; {fix}" if fix else one_line(error)
